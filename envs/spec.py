@@ -1,0 +1,165 @@
+"""The contracts shared by env, episode store, tokenizers, checkpoints and the bridge.
+
+One source of truth for the action layout (DESIGN.md, "Action spec"), the state layout,
+the key names every package uses, the control rate, and the disjoint seed ranges of
+collection and evaluation. envs/ owns this module; policy/ imports it (never the reverse).
+
+Normalized actions live in [-1, 1] per dimension. The env maps them to the robot:
+
+| dim       | unit per 1.0          | meaning                                            |
+|-----------|-----------------------|----------------------------------------------------|
+| terminate | flag                  | > 0 ends the episode (success is still judged by the simulator) |
+| x, y, z   | 0.03 m                | end-effector translation per control step (world frame) |
+| roll, pitch, yaw | 0.25 rad       | end-effector rotation per control step (world frame) |
+| gripper   | absolute command      | > 0 close, <= 0 open                               |
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+# Key names: the same in env observations, stored episodes, training batches and bridge
+# messages (DESIGN.md, "Key names"). No renaming layers anywhere.
+IMAGE = "image"
+WRIST_IMAGE = "wrist_image"
+STATE = "state"
+INSTRUCTION = "instruction"
+ACTION = "action"
+
+# Control: physics at 240 Hz, 24 substeps per action -> 10 Hz control.
+PHYSICS_HZ = 240
+CONTROL_HZ = 10
+
+# Seeds: collection draws from [0, EVAL_SEED_START); evaluation from [EVAL_SEED_START, ...).
+# The ranges never overlap, so an evaluation scene is never a training scene.
+COLLECT_SEED_START = 0
+EVAL_SEED_START = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class ActionDim:
+    """One named action dimension: normalized bounds and what one unit means physically."""
+
+    name: str
+    low: float = -1.0
+    high: float = 1.0
+    unit: str = ""  # "m", "rad", "flag", "command"
+    scale: float = 1.0  # physical units per normalized unit
+
+    def __post_init__(self) -> None:
+        if not self.low < self.high:
+            raise ValueError(
+                f"action dim {self.name!r}: low={self.low} must be < high={self.high}"
+            )
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """An ordered list of named action dimensions with bounds."""
+
+    dims: tuple[ActionDim, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        names = [d.name for d in self.dims]
+        if len(set(names)) != len(names):
+            raise ValueError(f"action spec has duplicate dimension names: {names}")
+        if not names:
+            raise ValueError("action spec needs at least one dimension")
+
+    def __len__(self) -> int:
+        return len(self.dims)
+
+    @property
+    def names(self) -> list[str]:
+        return [d.name for d in self.dims]
+
+    @property
+    def low(self) -> np.ndarray:
+        return np.array([d.low for d in self.dims], dtype=np.float32)
+
+    @property
+    def high(self) -> np.ndarray:
+        return np.array([d.high for d in self.dims], dtype=np.float32)
+
+    def index(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise KeyError(f"no action dimension {name!r}; expected one of {self.names}") from None
+
+    def clip(self, action: np.ndarray) -> np.ndarray:
+        return np.clip(action, self.low, self.high).astype(np.float32)
+
+    def validate(self, action: np.ndarray) -> np.ndarray:
+        """Return `action` as float32 of shape (len(self),) or raise naming what is wrong."""
+        a = np.asarray(action)
+        if a.shape != (len(self),):
+            raise ValueError(
+                f"action has shape {a.shape}; expected ({len(self)},) for dims {self.names}"
+            )
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"action has non-finite values: {a.tolist()}")
+        return a.astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"dims": [asdict(d) for d in self.dims]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ActionSpec:
+        try:
+            return cls(dims=tuple(ActionDim(**d) for d in data["dims"]))
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"malformed action spec {data!r}: {err}") from err
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ActionSpec:
+        return cls.from_dict(json.loads(text))
+
+    def mismatch(self, other: ActionSpec) -> str | None:
+        """A sentence naming the first difference from `other`, or None when equal."""
+        if self.names != other.names:
+            return f"action dimensions {self.names} != {other.names}"
+        for a, b in zip(self.dims, other.dims, strict=True):
+            if a != b:
+                return f"action dimension {a.name!r}: {a} != {b}"
+        return None
+
+
+def make_action_spec(
+    names: Sequence[str] = ("terminate", "x", "y", "z", "roll", "pitch", "yaw", "gripper"),
+    metres_per_unit: float = 0.03,
+    radians_per_unit: float = 0.25,
+) -> ActionSpec:
+    """The default spec: RT-1's arm layout without the mobile base, all in [-1, 1]."""
+    units = {
+        "terminate": ("flag", 1.0),
+        "x": ("m", metres_per_unit),
+        "y": ("m", metres_per_unit),
+        "z": ("m", metres_per_unit),
+        "roll": ("rad", radians_per_unit),
+        "pitch": ("rad", radians_per_unit),
+        "yaw": ("rad", radians_per_unit),
+        "gripper": ("command", 1.0),
+    }
+    dims = []
+    for n in names:
+        if n not in units:
+            raise ValueError(f"unknown action dimension {n!r}; expected one of {list(units)}")
+        unit, scale = units[n]
+        dims.append(ActionDim(name=n, unit=unit, scale=scale))
+    return ActionSpec(dims=tuple(dims))
+
+
+DEFAULT_ACTION_SPEC = make_action_spec()
+
+# State layout: end-effector position (m, world frame), orientation quaternion (x, y, z, w),
+# gripper opening (m, distance between the fingers).
+STATE_NAMES: tuple[str, ...] = ("ee_x", "ee_y", "ee_z", "ee_qx", "ee_qy", "ee_qz", "ee_qw",
+                                "gripper_width")
