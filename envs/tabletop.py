@@ -1,0 +1,300 @@
+"""TabletopEnv: the gymnasium environment shared by every task (Panda, table, cameras).
+
+One env owns one PyBullet client (`p.connect(p.DIRECT)`) and passes its id to every call,
+so several envs live in one process. `reset` rebuilds the whole simulation
+(`resetSimulation`), which costs ~20 ms but makes an episode a pure function of its seed:
+same seed + same actions -> the same observations, pixels included.
+
+Action -> robot (envs/spec.py): x, y, z are world-frame end-effector deltas of 0.03 m per
+unit; roll, pitch, yaw world-frame rotations of 0.25 rad per unit; gripper > 0 closes;
+terminate > 0 ends the episode without moving (success is still judged by the simulator).
+Each action is held for 24 physics substeps (240 Hz physics, 10 Hz control).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import string
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pybullet as p
+from gymnasium import spaces
+
+from envs.camera import (
+    RENDERER,
+    CameraConfig,
+    FrontCamera,
+    Lighting,
+    WristCamera,
+    WristCameraConfig,
+)
+from envs.catalog import (
+    BUILTIN_OBJECTS,
+    COLOURS,
+    PYBULLET_DATA,
+    TABLE_COLOURS,
+    TABLE_TEXTURES,
+    load_object_set,
+)
+from envs.robot import Panda, Workspace
+from envs.spec import (
+    CONTROL_HZ,
+    DEFAULT_ACTION_SPEC,
+    IMAGE,
+    INSTRUCTION,
+    PHYSICS_HZ,
+    STATE,
+    STATE_NAMES,
+    WRIST_IMAGE,
+)
+from envs.splits import SplitConfig, resolve_split
+from envs.tasks import TASK_CLASSES
+
+ENV_VERSION = "0"
+SUBSTEPS = PHYSICS_HZ // CONTROL_HZ
+INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.'?!-_"
+SOLVER_ITERATIONS = 20
+START_EE = np.array([0.42, 0.0, 0.22])  # m; jittered by up to 3 cm per episode
+
+
+class TabletopEnv(gym.Env):
+    """A language-conditioned tabletop task for a Panda (see module docstring)."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_HZ}
+
+    def __init__(
+        self,
+        task: str = "pick",
+        split: str = "seen",
+        image_size: int = 96,
+        wrist_camera: bool = False,
+        render_mode: str | None = "rgb_array",
+        max_steps: int | None = None,
+        split_overrides: dict[str, Any] | None = None,
+        skip_render: bool = False,
+    ) -> None:
+        if task not in TASK_CLASSES:
+            raise ValueError(f"unknown task {task!r}; expected one of {list(TASK_CLASSES)}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode={render_mode!r}; expected one of "
+                             f"{self.metadata['render_modes']} or None")
+        if max_steps is not None and max_steps < 1:
+            raise ValueError(f"max_steps={max_steps} must be >= 1")
+        self.split: SplitConfig = resolve_split(split, split_overrides)
+        defs = dict(BUILTIN_OBJECTS)
+        if self.split.object_set:
+            user = load_object_set(self.split.object_set)
+            defs.update({d.name: d for d in user})
+            combos = tuple((c, d.name) for d in user
+                           for c in (d.colours or tuple(k for k in COLOURS if k != "black")))
+            self.split = resolve_split(split, {**(split_overrides or {}),
+                                               "target_combos": combos})
+        self.task_name = task
+        self.task = TASK_CLASSES[task](defs)
+        self.max_steps = int(max_steps or self.task.max_steps)
+        self.render_mode = render_mode
+        self.skip_render = skip_render
+        self.camera_config = CameraConfig(width=image_size, height=image_size,
+                                          jitter_m=self.split.camera_jitter)
+        self.camera = FrontCamera(self.camera_config)
+        self.wrist_config = WristCameraConfig(width=image_size, height=image_size)
+        self.wrist = WristCamera(self.wrist_config) if wrist_camera else None
+        self.table_z = 0.0
+        self.table_region = ((0.36, 0.62), (-0.2, 0.2))
+        self.workspace = Workspace()
+
+        obs_spaces: dict[str, spaces.Space] = {
+            IMAGE: spaces.Box(0, 255, self.camera_config.image_shape, dtype=np.uint8),
+            # ee xyz (m, within reach), quaternion, gripper width (m)
+            STATE: spaces.Box(np.array([-2, -2, -2, -1, -1, -1, -1, 0], dtype=np.float32),
+                              np.array([2, 2, 2, 1, 1, 1, 1, 0.1], dtype=np.float32)),
+            INSTRUCTION: spaces.Text(max_length=256, min_length=1,
+                                     charset=INSTRUCTION_CHARSET),
+        }
+        if self.wrist is not None:
+            obs_spaces[WRIST_IMAGE] = spaces.Box(0, 255, self.wrist_config.image_shape,
+                                                 dtype=np.uint8)
+        self.observation_space = spaces.Dict(obs_spaces)
+        self.action_space = spaces.Box(DEFAULT_ACTION_SPEC.low, DEFAULT_ACTION_SPEC.high,
+                                       dtype=np.float32)
+        self.client = p.connect(p.DIRECT)
+        self.robot: Panda | None = None
+        self._empty_state: int | None = None
+        self.lighting = Lighting()
+        self.instruction = ""
+        self.steps = 0
+        self._obs: dict[str, Any] | None = None
+
+    # ---- gymnasium API --------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+        super().reset(seed=seed)
+        rng = self.np_random
+        self._restore_empty_scene()
+        assert self.robot is not None
+        start = START_EE + rng.uniform(-0.03, 0.03, size=3)
+        self.robot.reset(start, yaw=float(rng.uniform(-0.3, 0.3)))
+        self._draw_appearance()
+        fields = self.task.sample(self)
+        templates = self.task.templates_for(self)
+        template = templates[int(rng.integers(len(templates)))]
+        try:
+            self.instruction = template.format(**fields)
+        except KeyError as err:
+            raise ValueError(f"instruction template {template!r} uses field {err} but task "
+                             f"{self.task_name!r} offers {sorted(fields)}") from None
+        self.task.instruction = self.instruction
+        # Let objects settle (meshes rest on AABB corners) before the first frame.
+        for _ in range(SUBSTEPS):
+            p.stepSimulation(physicsClientId=self.client)
+        self.steps = 0
+        self._obs = self._observe()
+        return self._obs, {"is_success": bool(self.task.success(self))}
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool,
+                                                dict[str, Any]]:
+        if self.robot is None or self._obs is None:
+            raise RuntimeError("call reset() before step()")
+        a = DEFAULT_ACTION_SPEC.clip(DEFAULT_ACTION_SPEC.validate(action))
+        terminated = bool(a[0] > 0)
+        if not terminated:
+            scale = np.array([d.scale for d in DEFAULT_ACTION_SPEC.dims], dtype=np.float64)
+            phys = a.astype(np.float64) * scale
+            self.robot.apply(phys[1:4], phys[4:7], close=bool(a[7] > 0))
+            for _ in range(SUBSTEPS):
+                p.stepSimulation(physicsClientId=self.client)
+            self._obs = self._observe()
+        self.steps += 1
+        success = bool(self.task.success(self))
+        truncated = self.steps >= self.max_steps and not terminated
+        info = {"is_success": success, "steps": self.steps}
+        # Fresh arrays every call: callers keep observations (gymnasium's contract).
+        obs = {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in self._obs.items()}
+        return obs, float(success), terminated, truncated, info
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode != "rgb_array" or self._obs is None:
+            return None
+        return self._obs[IMAGE].copy()
+
+    def close(self) -> None:
+        if self.client >= 0:
+            p.disconnect(physicsClientId=self.client)
+            self.client = -1
+
+    # ---- robotok API ----------------------------------------------------------------
+    def oracle_action(self) -> np.ndarray:
+        """The oracle's clean intended action for the current state, float32 (8,)."""
+        if self.robot is None:
+            raise RuntimeError("call reset() before oracle_action()")
+        return np.clip(self.task.oracle(self), -1.0, 1.0).astype(np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able facts a checkpoint or evaluation must match (CONTRACTS.md)."""
+        return {
+            "env_version": ENV_VERSION,
+            "renderer": RENDERER,
+            "camera": self.camera_config.to_dict(),
+            "wrist_camera": self.wrist_config.to_dict() if self.wrist is not None else None,
+            "image_shape": list(self.camera_config.image_shape),
+            "control_hz": CONTROL_HZ,
+            "physics_hz": PHYSICS_HZ,
+            "substeps": SUBSTEPS,
+            "action_spec": DEFAULT_ACTION_SPEC.to_dict(),
+            "state_names": list(STATE_NAMES),
+            "task": self.task_name,
+            "split": self.split.name,
+            "max_steps": self.max_steps,
+            "skip_render": self.skip_render,
+        }
+
+    # ---- internals ------------------------------------------------------------------
+    def _restore_empty_scene(self) -> None:
+        """Table and robot only, in the exact state they had when first built.
+
+        Loading the Panda costs ~15 ms, so the empty scene is built once and saved; each
+        reset removes the last episode's objects and restores that snapshot (positions,
+        velocities, contact caches), which keeps an episode a pure function of its seed
+        (tests/envs/test_determinism.py compares a used env with a fresh one).
+        """
+        c = self.client
+        if self._empty_state is None:
+            p.resetSimulation(physicsClientId=c)
+            p.setGravity(0, 0, -9.81, physicsClientId=c)
+            p.setTimeStep(1.0 / PHYSICS_HZ, physicsClientId=c)
+            # 20 solver iterations instead of bullet's 50: the Panda's joint motors dominate
+            # a substep's cost, and 20 track them as well for these tasks.
+            p.setPhysicsEngineParameter(numSolverIterations=SOLVER_ITERATIONS,
+                                        physicsClientId=c)
+            self._build_table()
+            self.robot = Panda(c, (0.0, 0.0, self.table_z), self.workspace)
+            self._textures: dict[str, int] = {}
+            self._empty_state = p.saveState(physicsClientId=c)
+            return
+        keep = {self.table, self.robot.body} if self.robot is not None else set()
+        for i in reversed(range(p.getNumBodies(physicsClientId=c))):
+            body = p.getBodyUniqueId(i, physicsClientId=c)
+            if body not in keep:
+                p.removeBody(body, physicsClientId=c)
+        p.restoreState(stateId=self._empty_state, physicsClientId=c)
+
+    def _build_table(self) -> None:
+        c = self.client
+        half = [0.6, 0.75, 0.02]
+        col = p.createCollisionShape(p.GEOM_BOX, halfExtents=half, physicsClientId=c)
+        vis = p.createVisualShape(p.GEOM_BOX, halfExtents=half, physicsClientId=c)
+        self.table = p.createMultiBody(0, col, vis, [0.35, 0.0, self.table_z - half[2]],
+                                       physicsClientId=c)
+        p.changeDynamics(self.table, -1, lateralFriction=0.8, physicsClientId=c)
+
+    def _draw_appearance(self) -> None:
+        """Table look, lighting and camera jitter for this episode (from self.np_random)."""
+        rng, s, c = self.np_random, self.split, self.client
+        table = s.tables[int(rng.integers(len(s.tables)))]
+        if table in TABLE_TEXTURES:
+            if table not in self._textures:  # loaded once per env: textures are not freed
+                self._textures[table] = p.loadTexture(f"{PYBULLET_DATA}/{TABLE_TEXTURES[table]}",
+                                                      physicsClientId=c)
+            tex = self._textures[table]
+            p.changeVisualShape(self.table, -1, textureUniqueId=tex, rgbaColor=[1, 1, 1, 1],
+                                physicsClientId=c)
+        else:
+            p.changeVisualShape(self.table, -1, rgbaColor=list(TABLE_COLOURS[table]),
+                                physicsClientId=c)
+        self.table_look = table
+        az = rng.uniform(*s.light_azimuth)
+        el = rng.uniform(*s.light_elevation)
+        direction = (math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el))
+        tint = rng.uniform(*s.light_tint)
+        colour = np.clip(1.0 - tint * rng.uniform(0, 1, size=3), 0.0, 1.0)
+        self.lighting = Lighting(direction=tuple(float(v) for v in direction),
+                                 colour=tuple(float(v) for v in colour),
+                                 ambient=float(rng.uniform(*s.ambient)))
+        self.camera.set_jitter(rng.uniform(-s.camera_jitter, s.camera_jitter, size=6))
+
+    def _observe(self) -> dict[str, Any]:
+        assert self.robot is not None
+        shape = self.camera_config.image_shape
+        if self.skip_render:
+            image = np.zeros(shape, dtype=np.uint8)
+        else:
+            image = self.camera.render(self.client, self.lighting)
+        obs: dict[str, Any] = {IMAGE: image, STATE: self.robot.state(),
+                               INSTRUCTION: self.instruction}
+        if self.wrist is not None:
+            if self.skip_render:
+                obs[WRIST_IMAGE] = np.zeros(self.wrist_config.image_shape, dtype=np.uint8)
+            else:
+                st = p.getLinkState(self.robot.body, 8, computeForwardKinematics=1,
+                                    physicsClientId=self.client)
+                obs[WRIST_IMAGE] = self.wrist.render(self.client, np.asarray(st[4]),
+                                                     np.asarray(st[5]), self.lighting)
+        return obs
+
+    def __del__(self) -> None:
+        # At interpreter shutdown pybullet may already be gone.
+        with contextlib.suppress(Exception):
+            self.close()

@@ -1,0 +1,364 @@
+"""The Policy API shared by every model family, and checkpoints without hydra or pickle.
+
+LeRobot-like (DESIGN.md, "Policy API"): ``forward(batch) -> (loss, metrics)``,
+``reset(instruction)``, ``select_action(observation)``, ``save_pretrained(dir)``,
+``Policy.from_pretrained(dir)``, plus ``check_env(env_info)``. A checkpoint directory holds
+``model.safetensors``, ``config.json`` (policy kind + config dataclass fields),
+``action_spec.json``, ``stats.json`` and ``env.json`` (the env's ``describe()`` or the store's
+info); loading reads only those files and fails loudly, naming the mismatch or missing file.
+
+Model families register themselves by subclassing :class:`Policy` with a ``kind`` and a
+``config_class``; :func:`make_policy` dispatches on the config's type, ``from_pretrained`` on
+the saved kind.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from envs.spec import ACTION, IMAGE, INSTRUCTION, STATE, STATE_NAMES, ActionSpec
+
+CHECKPOINT_FILES = ("model.safetensors", "config.json", "action_spec.json", "stats.json",
+                    "env.json")
+FORMAT_VERSION = 1
+# Camera fields that a split varies on purpose (per-episode jitter): evaluating a policy on a
+# split with more jitter is a zero-shot test, not a mismatch.
+CAMERA_RANDOMIZATION_KEYS = frozenset({"jitter_m"})
+
+_REGISTRY: dict[str, type[Policy]] = {}
+
+
+# ----------------------------------------------------------------------------- env info
+
+
+@dataclass(frozen=True)
+class EnvSummary:
+    """What a policy checks about an environment: image shape, camera, renderer, action spec."""
+
+    image_shape: tuple[int, ...] | None
+    camera: Any
+    renderer: Any
+    action_spec: ActionSpec | None
+
+
+def summarize_env(env_info: Mapping[str, Any] | None) -> EnvSummary:
+    """Pull the fields a policy depends on out of an env ``describe()`` or a store's info.
+
+    Keys are looked up at the top level, then under ``"env"`` (a store may nest the env's own
+    description); the image shape at the top level or in ``camera["image_shape"]``.
+    """
+    if env_info is None:
+        return EnvSummary(None, None, None, None)
+    if not isinstance(env_info, Mapping):
+        raise TypeError(f"env_info must be a dict; got {type(env_info).__name__}")
+    nested = env_info.get("env") if isinstance(env_info.get("env"), Mapping) else {}
+
+    def find(key: str) -> Any:
+        return env_info[key] if key in env_info else nested.get(key)
+
+    camera = find("camera")
+    shape = find("image_shape")
+    if shape is None and isinstance(camera, Mapping):
+        shape = camera.get("image_shape")
+    spec = find("action_spec")
+    return EnvSummary(
+        image_shape=None if shape is None else tuple(int(s) for s in shape),
+        camera=_jsonable(camera),
+        renderer=_jsonable(find("renderer")),
+        action_spec=None if spec is None else (
+            spec if isinstance(spec, ActionSpec) else ActionSpec.from_dict(spec)),
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy arrays/scalars, tuples and ActionSpecs -> plain JSON types (for stats/env files)."""
+    if isinstance(value, ActionSpec):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray | torch.Tensor):
+        return np.asarray(value).tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def token_metrics(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
+                  names: list[str]) -> dict[str, float]:
+    """Token accuracies: overall (every valid frame), on the last frame, and per dimension.
+
+    logits (B, T, A, K), targets (B, T, A) int, valid (B, T) bool. Per-dimension accuracy is on
+    the last frame: the one a policy acts on.
+    """
+    correct = (logits.argmax(-1) == targets).float()  # (B, T, A)
+    last_valid = valid[:, -1]
+    last = correct[:, -1][last_valid]  # (B', A)
+    metrics = {"acc": correct[valid].mean().item(), "acc_last": last.mean().item()}
+    for i, name in enumerate(names):
+        metrics[f"acc/{name}"] = last[:, i].mean().item()
+    return metrics
+
+
+# ----------------------------------------------------------------------------- policy
+
+
+class Policy(nn.Module):
+    """Base class: the narrow API every policy family implements (see module docstring).
+
+    Subclasses set ``kind`` and ``config_class`` and implement ``forward``, ``_reset`` and
+    ``_act``; this class handles instructions, eval/inference mode, checkpoints and checks.
+    """
+
+    kind: ClassVar[str] = ""
+    config_class: ClassVar[type] = object
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            _REGISTRY[cls.kind] = cls
+
+    def __init__(self, config: Any, action_spec: ActionSpec,
+                 env_info: Mapping[str, Any] | None, stats: Mapping[str, Any] | None) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}; got "
+                            f"{type(config).__name__}")
+        self.config = config
+        self.action_spec = action_spec
+        self.env_info = _jsonable(dict(env_info or {}))
+        self.stats = _jsonable(dict(stats or {}))
+        summary = summarize_env(env_info)
+        if summary.action_spec is not None:
+            problem = action_spec.mismatch(summary.action_spec)
+            if problem:
+                raise ValueError(f"action spec differs from env_info's: {problem}")
+        if summary.image_shape is None:
+            raise ValueError("env_info gives no image shape; expected 'image_shape' or "
+                             f"camera['image_shape'] in {sorted(self.env_info)}")
+        if len(summary.image_shape) != 3 or summary.image_shape[2] != 3:
+            raise ValueError(f"image shape {summary.image_shape}; expected (H, W, 3)")
+        self.image_shape: tuple[int, int, int] = summary.image_shape  # type: ignore[assignment]
+        self.instruction: str | None = None
+
+    # -- to implement ---------------------------------------------------------------------
+
+    def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def _reset(self, instruction: str) -> None:
+        raise NotImplementedError
+
+    def _act(self, image: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """One control step: uint8 (H, W, 3), float (S,) -> action float (A,)."""
+        raise NotImplementedError
+
+    # -- acting ---------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def reset(self, instruction: str | None = None) -> None:
+        """Forget the frame history; encode ``instruction`` once (None keeps the last one)."""
+        if instruction is None:
+            instruction = self.instruction
+        if instruction is not None and not isinstance(instruction, str):
+            raise TypeError(f"instruction must be a str; got {type(instruction).__name__}")
+        self.instruction = instruction
+        if instruction is not None:
+            with torch.inference_mode():
+                self._reset(instruction)
+
+    def select_action(self, observation: Mapping[str, Any]) -> np.ndarray:
+        """Observation as the env returns it -> float32 action (A,) in the action spec's units.
+
+        A new instruction (differing from the last ``reset``) resets the history first.
+        """
+        for key in (IMAGE, STATE, INSTRUCTION):
+            if key not in observation:
+                raise KeyError(f"observation lacks {key!r}; has {sorted(observation)}")
+        instruction = observation[INSTRUCTION]
+        if instruction != self.instruction:
+            self.reset(instruction)
+        image = torch.as_tensor(np.asarray(observation[IMAGE]))
+        if tuple(image.shape) != self.image_shape or image.dtype != torch.uint8:
+            raise ValueError(f"observation image is {image.dtype} {tuple(image.shape)}; this "
+                             f"policy expects uint8 {self.image_shape}")
+        state = torch.as_tensor(np.asarray(observation[STATE], dtype=np.float32))
+        if tuple(state.shape) != (len(STATE_NAMES),):
+            raise ValueError(f"observation state has shape {tuple(state.shape)}; expected "
+                             f"({len(STATE_NAMES)},) for {list(STATE_NAMES)}")
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                action = self._act(image.to(self.device), state.to(self.device))
+        finally:
+            self.train(was_training)
+        return action.float().cpu().numpy().astype(np.float32)
+
+    # -- batches --------------------------------------------------------------------------
+
+    def _unpack(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
+        """Check a contract batch and move it to the model's device.
+
+        Returns image uint8 (B, T, H, W, 3), state (B, T, S), action (B, T, A), valid (B, T).
+        """
+        for key in (IMAGE, STATE, ACTION, INSTRUCTION):
+            if key not in batch:
+                raise KeyError(f"batch lacks {key!r}; has {sorted(batch)}")
+        image, state, action = batch[IMAGE], batch[STATE], batch[ACTION]
+        if image.ndim != 5 or tuple(image.shape[2:]) != self.image_shape:
+            raise ValueError(f"batch image has shape {tuple(image.shape)}; expected "
+                             f"(B, T, {', '.join(map(str, self.image_shape))})")
+        b, t = image.shape[:2]
+        if action.shape != (b, t, len(self.action_spec)):
+            raise ValueError(f"batch action has shape {tuple(action.shape)}; expected "
+                             f"({b}, {t}, {len(self.action_spec)})")
+        if len(batch[INSTRUCTION]) != b:
+            raise ValueError(f"batch has {len(batch[INSTRUCTION])} instructions for {b} samples")
+        pad = batch.get("pad")
+        valid = torch.ones(b, t, dtype=torch.bool) if pad is None else ~pad.bool()
+        dev = self.device
+        return (image.to(dev), state.to(dev).float(), action.to(dev).float(), valid.to(dev))
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write model.safetensors, config.json, action_spec.json, stats.json, env.json."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, str(directory / "model.safetensors"), metadata={"kind": self.kind})
+        config = {"kind": self.kind, "format_version": FORMAT_VERSION,
+                  "config": _jsonable(asdict(self.config))}
+        (directory / "config.json").write_text(json.dumps(config, indent=2))
+        (directory / "action_spec.json").write_text(self.action_spec.to_json())
+        (directory / "stats.json").write_text(json.dumps(self.stats, indent=2))
+        (directory / "env.json").write_text(json.dumps(self.env_info, indent=2))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, env_info: Mapping[str, Any] | None = None,
+                        map_location: str | torch.device = "cpu") -> Policy:
+        """Rebuild a policy from ``save_pretrained``'s files (no hydra, no pickle), in eval mode.
+
+        With ``env_info`` the policy is also checked against that environment.
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"checkpoint directory {str(directory)!r} does not exist")
+        for name in CHECKPOINT_FILES:
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"checkpoint {str(directory)!r} lacks {name}; expected "
+                                        f"all of {list(CHECKPOINT_FILES)}")
+        saved = json.loads((directory / "config.json").read_text())
+        kind = saved.get("kind")
+        _load_families()
+        if kind not in _REGISTRY:
+            raise ValueError(f"config.json names policy kind {kind!r}; expected one of "
+                             f"{sorted(_REGISTRY)}")
+        klass = _REGISTRY[kind]
+        if cls is not Policy and not issubclass(klass, cls):
+            raise ValueError(f"checkpoint holds a {kind!r} policy, not a {cls.kind!r} one")
+        config = _config_from_dict(klass.config_class, saved.get("config", {}))
+        spec = ActionSpec.from_json((directory / "action_spec.json").read_text())
+        stats = json.loads((directory / "stats.json").read_text())
+        env = json.loads((directory / "env.json").read_text())
+        # the weights come from model.safetensors: do not look for a pretrained backbone file
+        # that may only exist on the machine that trained the policy
+        build = (replace(config, pretrained_backbone=None)
+                 if getattr(config, "pretrained_backbone", None) else config)
+        policy = klass(build, spec, env, stats)
+        policy.config = config
+        state = load_file(str(directory / "model.safetensors"))
+        _check_state(policy, state, directory)
+        policy.load_state_dict(state, strict=True)
+        policy.to(map_location)
+        policy.eval()
+        if env_info is not None:
+            policy.check_env(env_info)
+        return policy
+
+    def check_env(self, env_info: Mapping[str, Any]) -> None:
+        """Raise ValueError naming any mismatch of action spec, image shape, camera, renderer."""
+        mine, theirs = summarize_env(self.env_info), summarize_env(env_info)
+        if theirs.action_spec is None:
+            raise ValueError("env_info has no action_spec to check against; expected the env's "
+                             "describe() or a store's info")
+        problem = self.action_spec.mismatch(theirs.action_spec)
+        if problem:
+            raise ValueError(f"action spec mismatch (policy vs env): {problem}")
+        if theirs.image_shape != self.image_shape:
+            raise ValueError(f"image shape mismatch: policy expects {self.image_shape}, env "
+                             f"gives {theirs.image_shape}")
+        if mine.renderer is not None and mine.renderer != theirs.renderer:
+            raise ValueError(f"renderer mismatch: policy was trained with {mine.renderer!r}, "
+                             f"env has {theirs.renderer!r}")
+        if mine.camera is not None:
+            if not isinstance(theirs.camera, Mapping):
+                raise ValueError(f"env_info has no camera to compare with the policy's "
+                                 f"{mine.camera!r}")
+            keys = sorted((set(mine.camera) | set(theirs.camera)) - CAMERA_RANDOMIZATION_KEYS)
+            diff = [k for k in keys if mine.camera.get(k) != theirs.camera.get(k)]
+            if diff:
+                detail = ", ".join(f"{k}: {mine.camera.get(k)!r} != {theirs.camera.get(k)!r}"
+                                   for k in diff)
+                raise ValueError(f"camera mismatch (policy vs env): {detail}")
+
+
+def _config_from_dict(config_class: type, data: Mapping[str, Any]) -> Any:
+    names = {f.name for f in fields(config_class)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"config.json has fields {unknown} that {config_class.__name__} does "
+                         f"not know; expected a subset of {sorted(names)}")
+    return config_class(**data)
+
+
+def _check_state(policy: Policy, state: Mapping[str, torch.Tensor], directory: Path) -> None:
+    own = policy.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"model.safetensors in {str(directory)!r} does not fit the config: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise ValueError(f"weight {key!r} in {str(directory)!r} has shape "
+                             f"{tuple(value.shape)}; the config (image shape "
+                             f"{policy.image_shape}) builds {tuple(own[key].shape)}")
+
+
+def _load_families() -> None:
+    """Import the model families so that they register their kinds."""
+    import policy.gato  # noqa: F401
+    import policy.rt1  # noqa: F401
+
+
+def make_policy(config: Any, action_spec: ActionSpec, env_info: Mapping[str, Any] | None,
+                stats: Mapping[str, Any] | None = None) -> Policy:
+    """Build the policy family that ``config``'s dataclass belongs to."""
+    _load_families()
+    for klass in _REGISTRY.values():
+        if isinstance(config, klass.config_class):
+            return klass(config, action_spec, env_info, stats)
+    raise TypeError(f"no policy family takes a {type(config).__name__}; expected one of "
+                    f"{[k.config_class.__name__ for k in _REGISTRY.values()]}")

@@ -1,0 +1,109 @@
+"""Turn a checkpoint directory into what the bridge server serves (this part needs torch).
+
+One model in memory, one session per connection: a session is another instance of the same
+policy class whose parameters and persistent buffers *are* the loaded model's tensors (not
+copies), so each robot gets its own instruction and frame history while the weights exist
+once. Building a session costs a constructor call, which is why it runs on the server's
+inference thread, not on the event loop.
+
+The metadata a client sees (image shape, control rate, state layout, action spec and the
+checkpoint hash) is read from the checkpoint's own files, never from the serving config, so
+a server cannot advertise something other than what the model was trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from envs.spec import CONTROL_HZ, IMAGE, INSTRUCTION, STATE, STATE_NAMES
+from policy.base import Policy, summarize_env
+
+from .protocol import ArraySpec
+from .server import ServedPolicy, checkpoint_sha256
+
+log = logging.getLogger(__name__)
+
+
+def share_weights(source: nn.Module, target: nn.Module) -> None:
+    """Make `target`'s parameters and persistent buffers the very tensors of `source`.
+
+    Both must be built from the same config. Non-persistent buffers stay the target's own:
+    they are not part of a checkpoint and may hold per-instance working state.
+    """
+    modules = dict(source.named_modules(remove_duplicate=False))
+    for name, module in target.named_modules(remove_duplicate=False):
+        if name not in modules or type(modules[name]) is not type(module):
+            raise ValueError(f"cannot share weights: submodule {name!r} is "
+                             f"{type(module).__name__} here and "
+                             f"{type(modules.get(name)).__name__} in the loaded model")
+        twin = modules[name]
+        for key in module._parameters:
+            module._parameters[key] = twin._parameters[key]
+        for key in module._buffers:
+            if key not in module._non_persistent_buffers_set:
+                module._buffers[key] = twin._buffers[key]
+
+
+class SessionFactory:
+    """Builds per-connection policies that share one loaded model's weights."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def __call__(self) -> Policy:
+        p = self.policy
+        session = type(p)(p.config, p.action_spec, p.env_info, p.stats)
+        share_weights(p, session)
+        return session.to(p.device).eval()
+
+
+def warm_up(policy: Policy, steps: int) -> float:
+    """Run `steps` dummy control steps (first calls allocate and load the text model);
+    return the last step's latency in milliseconds."""
+    image = np.zeros(policy.image_shape, dtype=np.uint8)
+    state = np.zeros(len(STATE_NAMES), dtype=np.float32)
+    policy.reset("warm up")
+    last = float("nan")
+    for _ in range(steps):
+        start = time.perf_counter()
+        policy.select_action({IMAGE: image, STATE: state, INSTRUCTION: "warm up"})
+        last = (time.perf_counter() - start) * 1e3
+    return last
+
+
+def load_served_policy(checkpoint: str | Path, warmup_steps: int = 3,
+                       torch_threads: int | None = 1) -> ServedPolicy:
+    """Load `checkpoint` with Policy.from_pretrained, warm it up, describe it for clients."""
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
+    checkpoint = Path(checkpoint)
+    policy = Policy.from_pretrained(checkpoint)
+    factory = SessionFactory(policy)
+    if warmup_steps > 0:
+        ms = warm_up(factory(), warmup_steps)
+        log.info("warmed up %s policy: last of %d steps took %.1f ms", policy.kind,
+                 warmup_steps, ms)
+    env_info: dict[str, Any] = dict(policy.env_info)
+    summary = summarize_env(env_info)
+    nested = env_info.get("env") if isinstance(env_info.get("env"), dict) else {}
+    control_hz = env_info.get("control_hz", nested.get("control_hz", CONTROL_HZ))
+    state_names = tuple(env_info.get("state_names", nested.get("state_names", STATE_NAMES)))
+    return ServedPolicy(
+        kind=policy.kind,
+        new_session=factory,
+        action_spec=policy.action_spec.to_dict(),
+        observation={IMAGE: ArraySpec(tuple(policy.image_shape), "uint8"),
+                     STATE: ArraySpec((len(state_names),), "float32")},
+        state_names=state_names,
+        control_hz=float(control_hz),
+        checkpoint_sha256=checkpoint_sha256(checkpoint),
+        extra={"camera": summary.camera, "renderer": summary.renderer,
+               "num_parameters": policy.num_parameters(), "checkpoint": checkpoint.name},
+    )

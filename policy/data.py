@@ -1,0 +1,161 @@
+"""Training data: windows of `history` frames from the episode store, as a torch Dataset.
+
+Item i is the window of T = history steps ending at step i of the store (every step is the
+end of exactly one window). Steps before the episode's first frame are padded by repeating
+that first frame (and its state and action), with `pad` marking them, so the model never
+sees a frame from the previous episode (docs/CONTRACTS.md, "Dataset for torch").
+
+With in_memory=True (the default) the whole selection is read once into numpy as uint8,
+and __getitem__ is pure numpy fancy indexing: no zarr access per item. With in_memory=False
+frames are read from zarr per item, for stores larger than RAM (slower).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from envs.spec import ACTION, IMAGE, INSTRUCTION, STATE, WRIST_IMAGE, ActionSpec
+from envs.store import EpisodeStore, stats_for
+
+
+class EpisodeDataset(Dataset):
+    """Windows of `history` frames ending at each step of an episode store.
+
+    path: a store directory (its shard-XXXXX/ folders are read together).
+    history: frames per window, T >= 1.
+    in_memory: hold every selected step in RAM (uint8 images) for memory-speed indexing.
+    tasks: keep only episodes of these task names (None keeps all).
+    successes_only: drop episodes marked as failures (collected with keep_failures=true).
+    skip_bad_shards: warn about and skip shards that fail validation instead of raising.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        history: int = 1,
+        in_memory: bool = True,
+        tasks: list[str] | tuple[str, ...] | None = None,
+        successes_only: bool = True,
+        skip_bad_shards: bool = False,
+    ) -> None:
+        if history < 1:
+            raise ValueError(f"history must be >= 1 frame; got {history}")
+        self.path = Path(path)
+        self.history = history
+        self.in_memory = in_memory
+        self.store = EpisodeStore(self.path, skip_bad_shards=skip_bad_shards)
+        self.image_keys = [k for k in (IMAGE, WRIST_IMAGE) if k in self.store.image_keys]
+
+        keys = [*self.image_keys, STATE, ACTION] if in_memory else [STATE, ACTION]
+        # Load first and take the episode table from the same read: with skip_bad_shards a
+        # shard whose chunks fail their checksums drops out here, and the table must agree.
+        data = self.store.load(keys=keys)
+        keep = np.ones(len(data.episode_ends), dtype=bool)
+        if tasks is not None:
+            unknown = sorted(set(tasks) - set(self.store.tasks))
+            if unknown:
+                raise ValueError(
+                    f"tasks {unknown} are not in store {self.path}; it has {self.store.tasks}"
+                )
+            wanted = [self.store.tasks.index(t) for t in tasks]
+            keep &= np.isin(data.task_id, wanted)
+        if successes_only:
+            keep &= data.success
+        if not keep.any():
+            raise ValueError(
+                f"no episodes left in {self.path} after selecting tasks={tasks}, "
+                f"successes_only={successes_only} (store has {len(keep)} episodes of "
+                f"tasks {self.store.tasks})"
+            )
+        starts, ends = data.episode_starts, data.episode_ends
+        # Store-wide step index of every selected step, and its episode's first step.
+        self._src_steps = np.concatenate(
+            [np.arange(s, e) for s, e in zip(starts[keep], ends[keep], strict=True)]
+        )
+        lengths = (ends - starts)[keep]
+        # Positions in the selection: where each selected episode starts (compact numbering).
+        sel_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        self._ep_start = np.repeat(sel_starts, lengths).astype(np.int64)
+        self.episode_ends = np.cumsum(lengths).astype(np.int64)
+        self._offsets = np.arange(1 - history, 1, dtype=np.int64)  # window steps relative to i
+        self.num_episodes = int(keep.sum())
+
+        self.instructions = self.store.instructions
+        # Index only when something was dropped: selecting copies the images.
+        self._arrays = {
+            k: data.arrays[k] if keep.all() else data.arrays[k][self._src_steps] for k in keys
+        }
+        if not in_memory:
+            self._shard_offsets = np.cumsum([0] + [sh.num_steps for sh in self.store.shards])
+        self._instruction_id = data.arrays["instruction_id"][self._src_steps]
+        self.stats: dict[str, dict[str, list[float]]] = stats_for(
+            {STATE: self._arrays[STATE], ACTION: self._arrays[ACTION]}
+        )
+        self.info: dict[str, Any] = self.store.info
+        if "action_spec" not in self.info:
+            raise ValueError(f"store {self.path} info has no 'action_spec'; cannot train on it")
+        self.action_spec: ActionSpec = ActionSpec.from_dict(self.info["action_spec"])
+
+    def __len__(self) -> int:
+        return len(self._ep_start)
+
+    def windows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Selection indices (B, T) of the frames of the windows ending at `indices`, and
+        the pad mask (B, T): True where the window reaches before its episode's start."""
+        i = np.asarray(indices, dtype=np.int64)
+        n = len(self)
+        if i.size and (i.min() < -n or i.max() >= n):
+            bad = i[(i < -n) | (i >= n)][0]
+            raise IndexError(f"index {bad} outside dataset of {n} windows")
+        i = i % n
+        raw = i[:, None] + self._offsets[None, :]  # (B, T), ends at i
+        start = self._ep_start[i][:, None]  # (B, 1)
+        return np.maximum(raw, start), raw < start
+
+    def window(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Selection indices of the T frames ending at step i, and the pad mask."""
+        idx, pad = self.windows(np.array([i]))
+        return idx[0], pad[0]
+
+    def _read_images(self, key: str, idx: np.ndarray) -> np.ndarray:
+        if self.in_memory:
+            return self._arrays[key][idx]
+        # Lazy path: map selection indices to (shard, row); windows never cross episodes,
+        # so they never cross shards either.
+        src = self._src_steps[idx]
+        shard = int(np.searchsorted(self._shard_offsets, src[0], side="right") - 1)
+        rows = src - self._shard_offsets[shard]
+        block = self.store.shards[shard].read(key, int(rows.min()), int(rows.max()) + 1)
+        return block[rows - rows.min()]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.__getitems__([int(i)])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """Items for a whole batch with one fancy index per array.
+
+        torch's DataLoader calls this instead of __getitem__ per index when it exists; the
+        items it returns are views into batch-sized arrays, so the default collate's stack
+        is the only per-item copy.
+        """
+        idx, pad = self.windows(np.asarray(indices, dtype=np.int64))  # (B, T)
+        arrays: dict[str, torch.Tensor] = {}
+        for key in self.image_keys:
+            if self.in_memory:
+                arrays[key] = torch.from_numpy(self._arrays[key][idx])  # (B, T, H, W, 3)
+            else:
+                arrays[key] = torch.from_numpy(np.stack([self._read_images(key, w)
+                                                         for w in idx]))
+        arrays[STATE] = torch.from_numpy(self._arrays[STATE][idx])  # (B, T, S)
+        arrays[ACTION] = torch.from_numpy(self._arrays[ACTION][idx])  # (B, T, A)
+        arrays["pad"] = torch.from_numpy(pad)  # (B, T)
+        texts = [self.instructions[int(j)] for j in self._instruction_id[idx[:, -1]]]
+        return [
+            {**{k: v[b] for k, v in arrays.items()}, INSTRUCTION: texts[b]}
+            for b in range(len(texts))
+        ]

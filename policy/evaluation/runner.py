@@ -1,0 +1,423 @@
+"""`evaluate`: run a policy, the oracle and baselines over tasks x splits, in parallel.
+
+The plan (policies x tasks x splits x episodes, seeds from `episodes.py`) is cut to this
+shard, then run either in this process (`workers=0`, what training uses between steps) or in
+`workers` spawned processes. Each worker sets one torch thread (FINDINGS.md: two processes
+with two threads each on two cores ran 17x slower), loads the checkpoint itself (nothing
+big crosses a pipe), and keeps one env per (task, split). Results are sorted back into the
+plan's order, so neither the worker count nor the finishing order can change eval_info.json.
+
+Videos are made after the main pass: per split, half successes and half failures are
+chosen from the rows, and those episodes are replayed with frames kept (same seed, same
+actions); replaying costs a few episodes but means no frames are held for the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from envs.spec import DEFAULT_ACTION_SPEC, EVAL_SEED_START, ActionSpec
+from policy.evaluation.actors import BASELINES, make_baseline
+from policy.evaluation.compat import check_compatible, read_checkpoint_env
+from policy.evaluation.episodes import EpisodeSpec, plan_episodes, shard
+from policy.evaluation.report import write_report
+from policy.evaluation.results import EpisodeResult, EvalReport, VideoRecord
+from policy.evaluation.rollout import Rollout, run_episode
+from policy.evaluation.video import write_video
+
+CHECKPOINT_WEIGHTS = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class EnvSettings:
+    """How evaluation envs are built (`envs.make_env` keywords besides task and split).
+
+    None means: as the checkpoint was trained (its env.json), else the env's default. Set a
+    value to evaluate in another env; a checkpoint that does not fit it is refused.
+    """
+
+    image_size: int | None = None
+    wrist_camera: bool | None = None
+    max_steps: int | None = None
+    split_overrides: dict | None = None
+
+    def make_kwargs(self, trained: dict | None) -> dict[str, Any]:
+        kw: dict[str, Any] = {}
+        image_size, wrist = self.image_size, self.wrist_camera
+        if trained is not None:
+            camera = _trained_camera(trained)
+            if image_size is None and camera.get("image_shape"):
+                image_size = int(camera["image_shape"][0])
+            if wrist is None and "wrist_camera" in trained:
+                wrist = trained["wrist_camera"] is not None
+        if image_size is not None:
+            kw["image_size"] = int(image_size)
+        if wrist is not None:
+            kw["wrist_camera"] = bool(wrist)
+        if self.max_steps is not None:
+            kw["max_steps"] = int(self.max_steps)
+        if self.split_overrides:
+            kw["split_overrides"] = dict(self.split_overrides)
+        return kw
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker needs to build its envs and load its policy: small and picklable."""
+
+    checkpoint: str | None  # None: baselines only
+    policy_name: str
+    env_kwargs: dict = field(default_factory=dict)
+    out_dir: str = "."
+    fps: int = 10
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load_policy(checkpoint: str) -> Any:
+    from policy import Policy
+
+    return Policy.from_pretrained(checkpoint)
+
+
+def _default_policy_name(policy: Any) -> str:
+    """The row name of a policy: its registered family (`kind`, e.g. "rt1")."""
+    kind = getattr(policy, "kind", None)
+    if isinstance(kind, str) and kind:
+        return kind
+    return type(policy).__name__.lower().removesuffix("policy") or "policy"
+
+
+def _trained_camera(trained: dict) -> dict:
+    """The camera block of a checkpoint's env.json: at the top level (an env's describe())
+    or under "env" (an episode store's info)."""
+    nested = trained.get("env") if isinstance(trained.get("env"), dict) else {}
+    camera = trained.get("camera", nested.get("camera"))
+    camera = dict(camera) if isinstance(camera, dict) else {}
+    shape = trained.get("image_shape", nested.get("image_shape"))
+    if shape is not None and "image_shape" not in camera:
+        camera["image_shape"] = shape
+    return camera
+
+
+class EpisodeRunner:
+    """Runs episodes of one worker: envs cached per (task, split), the policy loaded once."""
+
+    def __init__(self, setup: WorkerSetup, policy: Any = None) -> None:
+        self.setup = setup
+        self.policy = policy
+        if policy is None and setup.checkpoint is not None:
+            self.policy = _load_policy(setup.checkpoint)
+        self._envs: dict[tuple[str, str], Any] = {}
+
+    def env(self, task: str, split: str, render: bool = True) -> Any:
+        """The worker's env for (task, split); `render=False` gives a render-free one (black
+        images) for baselines, which never look at pixels: rendering is most of a step's
+        cost (FINDINGS.md) and physics does not depend on it."""
+        key = (task, split, render)
+        if key not in self._envs:
+            import envs
+
+            env = envs.make_env(task=task, split=split, render_mode="rgb_array",
+                                skip_render=not render, **self.setup.env_kwargs)
+            if self.policy is not None and render:
+                check_compatible(self.policy, env.unwrapped.describe(),
+                                 where=f"task={task!r}, split={split!r}")
+            self._envs[key] = env
+        return self._envs[key]
+
+    def _is_policy(self, spec: EpisodeSpec) -> bool:
+        return spec.policy == self.setup.policy_name and self.policy is not None
+
+    def _actor(self, spec: EpisodeSpec, env: Any) -> Any:
+        if self._is_policy(spec):
+            return self.policy
+        desc = env.unwrapped.describe()
+        action_spec = (ActionSpec.from_dict(desc["action_spec"]) if "action_spec" in desc
+                       else DEFAULT_ACTION_SPEC)
+        return make_baseline(spec.policy, env, action_spec, spec.seed)
+
+    def run(self, spec: EpisodeSpec, video: bool = False) -> tuple[EpisodeResult, str | None]:
+        env = self.env(spec.task, spec.split, render=video or self._is_policy(spec))
+        actor = self._actor(spec, env)
+        if self._is_policy(spec):
+            rollout = self._run_policy(env, actor, spec, video)
+        else:
+            rollout = run_episode(env, actor, spec, record=video)
+        path = None
+        if video:
+            r = rollout.result
+            outcome = "success" if r.success else "failure"
+            rel = Path("videos") / r.policy / r.split / f"{r.task}_seed{r.seed}_{outcome}.mp4"
+            write_video(rollout.frames, Path(self.setup.out_dir) / rel, caption=r.instruction,
+                        footer=f"{outcome} | {r.policy} | {r.task} / {r.split} | seed {r.seed}",
+                        fps=self.setup.fps)
+            path = rel.as_posix()
+        return rollout.result, path
+
+    @staticmethod
+    def _run_policy(env: Any, policy: Any, spec: EpisodeSpec, video: bool) -> Rollout:
+        import torch
+
+        is_module = isinstance(policy, torch.nn.Module)
+        was_training = is_module and policy.training
+        # fork_rng: a policy that samples is seeded by the episode, without disturbing the
+        # caller's RNG (training calls this between its own steps).
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+            torch.manual_seed(spec.seed)
+            if is_module:
+                policy.eval()
+            try:
+                return run_episode(env, policy, spec, record=video)
+            finally:
+                if was_training:
+                    policy.train()
+
+    def close(self) -> None:
+        for env in self._envs.values():
+            env.close()
+        self._envs.clear()
+
+
+# One runner per worker process, built by the pool's initializer.
+_RUNNER: EpisodeRunner | None = None
+
+
+def _init_worker(setup: WorkerSetup) -> None:
+    if setup.checkpoint is not None:  # baseline-only workers never import torch
+        import torch
+
+        torch.set_num_threads(1)
+    global _RUNNER
+    _RUNNER = EpisodeRunner(setup)
+
+
+def _run_in_worker(job: tuple[EpisodeSpec, bool]) -> tuple[EpisodeResult, str | None]:
+    assert _RUNNER is not None, "worker used before _init_worker"
+    return _RUNNER.run(*job)
+
+
+def select_videos(rows: Sequence[EpisodeResult], policy: str, per_split: int,
+                  splits: Sequence[str]) -> list[EpisodeResult]:
+    """Per split, up to `per_split` episodes of `policy`: half successes, half failures
+    (topped up from the other kind when one is short), spread over tasks."""
+    chosen: list[EpisodeResult] = []
+    for split in splits:
+        # Order by episode index first, so consecutive picks come from different tasks.
+        cell = sorted((r for r in rows
+                       if r.policy == policy and r.split == split and r.error is None),
+                      key=lambda r: r.index)
+        wins = [r for r in cell if r.success]
+        losses = [r for r in cell if not r.success]
+        n_win = min(len(wins), math.ceil(per_split / 2))
+        n_loss = min(len(losses), per_split - n_win)
+        n_win = min(len(wins), per_split - n_loss)
+        chosen += wins[:n_win] + losses[:n_loss]
+    return chosen
+
+
+def evaluate(
+    policy_factory: Any,
+    tasks: Sequence[str] | None = None,
+    splits: Sequence[str] | None = None,
+    episodes: int = 10,
+    seed_start: int = EVAL_SEED_START,
+    workers: int = 0,
+    out_dir: str | Path | None = None,
+    videos_per_split: int = 0,
+    baselines: Sequence[str] = ("oracle", "random"),
+    env: EnvSettings | None = None,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    policy_name: str | None = None,
+    progress: bool = True,
+    plot: bool = True,
+    fps: int = 10,
+) -> EvalReport:
+    """Evaluate a policy and baselines on every task x split; write the report to `out_dir`.
+
+    `policy_factory`: a checkpoint directory (str or Path), a policy object (e.g. the model
+    being trained), or None for baselines only. `episodes`: per (task, split). `workers=0`
+    runs in this process. `out_dir=None` writes nothing (videos are then skipped).
+    """
+    import envs
+
+    t0 = time.perf_counter()
+    tasks = list(tasks) if tasks else list(envs.TASKS)
+    splits = list(splits) if splits else list(envs.SPLITS)
+    for name, values, known in (("task", tasks, envs.TASKS), ("split", splits, envs.SPLITS)):
+        unknown = [v for v in values if v not in known]
+        if unknown:
+            raise ValueError(f"unknown {name}(s) {unknown}; expected some of {list(known)}")
+    bad = [b for b in baselines if b not in BASELINES]
+    if bad:
+        raise ValueError(f"unknown baseline(s) {bad}; expected some of {list(BASELINES)}")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0; got {workers}")
+    settings = env or EnvSettings()
+
+    checkpoint: str | None = None
+    policy_obj: Any = None
+    trained_env: dict | None = None
+    meta: dict[str, Any] = {}
+    if isinstance(policy_factory, str | Path):
+        checkpoint = str(policy_factory)
+        trained_env = read_checkpoint_env(checkpoint)
+        weights = Path(checkpoint) / CHECKPOINT_WEIGHTS
+        meta["checkpoint"] = checkpoint
+        meta["checkpoint_sha256"] = _file_sha256(weights) if weights.is_file() else None
+        # Load once here too: a broken checkpoint should fail before workers spawn, and the
+        # name of the policy row comes from it.
+        policy_obj = _load_policy(checkpoint)
+    elif policy_factory is not None:
+        policy_obj = policy_factory
+        trained_env = getattr(policy_obj, "env_info", None)
+        meta["checkpoint"] = None
+    name = policy_name or (_default_policy_name(policy_obj) if policy_obj is not None else None)
+    if name is not None and name in BASELINES:
+        raise ValueError(f"policy_name {name!r} clashes with a baseline; choose another name")
+    policies = ([name] if name else []) + [b for b in baselines if b != name]
+    if not policies:
+        raise ValueError("nothing to evaluate: no policy and no baselines")
+
+    env_kwargs = settings.make_kwargs(trained_env if isinstance(trained_env, dict) else None)
+    out = Path(out_dir) if out_dir is not None else None
+    plan = shard(plan_episodes(policies, tasks, splits, episodes, seed_start),
+                 shard_index, num_shards)
+
+    with ExitStack() as stack:
+        tmp_ckpt = checkpoint
+        if policy_obj is not None and checkpoint is None and workers > 0:
+            # Workers load the policy themselves: save the live object once for them.
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="robotok-eval-")))
+            policy_obj.save_pretrained(tmp / "policy")
+            tmp_ckpt = str(tmp / "policy")
+        setup = WorkerSetup(checkpoint=tmp_ckpt if policy_obj is not None else None,
+                            policy_name=name or "", env_kwargs=env_kwargs,
+                            out_dir=str(out) if out else ".", fps=fps)
+        local = EpisodeRunner(setup, policy=policy_obj)
+        stack.callback(local.close)
+        # Fail fast, before any worker spawns, on a checkpoint that does not fit the env;
+        # workers check every (task, split) env they build as well.
+        first_env = local.env(plan[0].task, plan[0].split, render=True) if plan else None
+        if first_env is not None:
+            desc = dict(first_env.unwrapped.describe())
+            # What varies per cell or per run mode is in the rows, not in the env summary.
+            for k in ("task", "split", "max_steps", "skip_render"):
+                desc.pop(k, None)
+            meta["env"] = desc
+            meta["env_version"] = desc.get("env_version")
+        meta.update(policies=policies, tasks=tasks, splits=splits, episodes_per_cell=episodes,
+                    seed_start=seed_start, baselines=list(baselines), env_kwargs=env_kwargs,
+                    shard_index=shard_index, num_shards=num_shards)
+        meta = json.loads(json.dumps(meta))  # JSON-able now, not when writing fails later
+
+        run = _Runner(local, setup, workers, stack)
+        t1 = time.perf_counter()
+        rows = run.map([(s, False) for s in plan], progress, "evaluate")
+        t2 = time.perf_counter()
+        report = EvalReport(rows=[r for r, _ in rows], meta=meta)
+        if report.errors:
+            first = report.errors[0]
+            warnings.warn(
+                f"{len(report.errors)} of {len(report.rows)} episodes could not be built by the "
+                f"env and are left out of the aggregates (listed in report.md); first: "
+                f"{first.task}/{first.split} seed {first.seed}: {first.error}", stacklevel=2)
+        if out is not None and videos_per_split > 0 and report.rows:
+            picks = select_videos(report.rows, policies[0], videos_per_split, splits)
+            replays = run.map([(r.key, True) for r in picks], progress, "videos")
+            for want, (got, path) in zip(picks, replays, strict=True):
+                if got != want:
+                    warnings.warn(
+                        f"replaying {want.key} for its video gave success={got.success}, "
+                        f"steps={got.steps} instead of success={want.success}, "
+                        f"steps={want.steps}: the policy or env is not deterministic",
+                        stacklevel=2,
+                    )
+                report.videos.append(VideoRecord(
+                    path=str(path), policy=got.policy, task=got.task, split=got.split,
+                    seed=got.seed, instruction=got.instruction, success=got.success))
+        t3 = time.perf_counter()
+    steps = sum(r.steps for r in report.rows)
+    report.timing = {
+        "wall_s": round(t3 - t0, 3),
+        "setup_s": round(t1 - t0, 3),
+        "episodes_s": round(t2 - t1, 3),
+        "videos_s": round(t3 - t2, 3),
+        "workers": workers,
+        "episodes": len(report.rows),
+        "env_steps": steps,
+        "env_steps_per_s": round(steps / max(t2 - t1, 1e-9), 2),
+    }
+    if out is not None:
+        write_report(report, out, plot=plot)
+    return report
+
+
+class _Runner:
+    """Maps jobs over the in-process runner or a lazily started spawn pool."""
+
+    def __init__(self, local: EpisodeRunner, setup: WorkerSetup, workers: int,
+                 stack: ExitStack) -> None:
+        self.local, self.setup, self.workers, self.stack = local, setup, workers, stack
+        self.pool: Any = None
+        self._failed = False
+
+    def map(self, jobs: list[tuple[EpisodeSpec, bool]], progress: bool,
+            desc: str) -> list[tuple[EpisodeResult, str | None]]:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc=desc, unit="ep", disable=not progress)
+        with bar:
+            if self.workers == 0:
+                out = []
+                for job in jobs:
+                    out.append(self.local.run(*job))
+                    bar.update()
+                return out
+            if self.pool is None:
+                # spawn: a fork would copy the parent's torch threads and PyBullet clients.
+                ctx = mp.get_context("spawn")
+                self.pool = ctx.Pool(self.workers, initializer=_init_worker,
+                                     initargs=(self.setup,))
+                self.stack.callback(self._shutdown)
+            results: dict[int, tuple[EpisodeResult, str | None]] = {}
+            try:
+                for i, res in self.pool.imap_unordered(_indexed, list(enumerate(jobs))):
+                    results[i] = res
+                    bar.update()
+            except BaseException:
+                self._failed = True
+                raise
+            return [results[i] for i in range(len(jobs))]
+
+    def _shutdown(self) -> None:
+        # close + join lets workers exit normally (closing their PyBullet clients and the
+        # text encoder's semaphores); terminate only when something went wrong.
+        if self._failed:
+            self.pool.terminate()
+        else:
+            self.pool.close()
+        self.pool.join()
+
+
+def _indexed(item: tuple[int, tuple[EpisodeSpec, bool]]) -> tuple[int, Any]:
+    i, job = item
+    return i, _run_in_worker(job)

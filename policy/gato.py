@@ -1,0 +1,315 @@
+"""Gato (Reed et al. 2022) for one embodiment: one flat token sequence, actions autoregressive.
+
+The context is the instruction's text tokens followed by one block of tokens per control step:
+
+    [text] | [36 image patches][state][separator][a_0 ... a_7] | [patches][state][sep][a_0 ...]
+
+Image patches come from :class:`~policy.tokenizers.images.PatchTokenizer` (16x16 patches, a
+ResNet v2 block, row/column encodings); actions are mu-law companded and cut into 1024 bins
+(:class:`~policy.tokenizers.actions.MuLawActionTokenizer`) and embedded as tokens. The mask is
+causal over tokens; the output at the separator predicts a_0 and the output at a_i predicts
+a_i+1; the loss is on action tokens only. The text is either one token projected from the
+frozen sentence embedding (``text_mode="sentence"``) or WordPiece ids with learned embeddings
+(``text_mode="subword"``, Gato's own choice).
+
+Only local positions exist (a token's place within its step, Gato's "local position
+encodings", plus the patch row/column): nothing depends on a step's absolute index, so the
+attention window can slide. Every token sees the text and the tokens of the last ``history``
+steps (its own included), in training as in acting. Acting keeps a key/value cache: a control
+step feeds only its own tokens (patches + state + separator, then one token per action
+dimension) and evicts the step that left the window, so one step costs one step, not the
+whole context. Because the window lives in the mask, the cached decoding equals a full
+recomputation over the whole episode under the same mask (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from envs.spec import INSTRUCTION, STATE_NAMES, ActionSpec
+from policy.base import Policy, token_metrics
+from policy.text import get_subword_tokenizer, get_text_encoder
+from policy.tokenizers.actions import MuLawActionTokenizer
+from policy.tokenizers.images import PatchTokenizer, load_backbone, preprocess_images, random_shift
+from policy.tokenizers.state import StateTokenizer
+from policy.transformer import KVCache, Transformer, TransformerConfig
+
+TEXT_STEP = -1  # step id of text tokens: always visible, never evicted
+
+
+@dataclass
+class GatoConfig:
+    """Gato model and tokenizer settings; every field is saved in config.json."""
+
+    history: int = 2  # control steps a token can see (its own included)
+    resize_to: int | None = None  # None: native resolution (96 px -> 6x6 = 36 patches)
+    augment_shift: int = 4  # random-shift pixels during training; 0 = off
+    patch_size: int = 16  # Gato: 16x16 patches
+    patch_channels: int = 32  # width of the per-patch ResNet block
+    use_state: bool = True  # one end-effector-state token per step, before the separator
+    text_mode: str = "sentence"  # "sentence": 1 token from the frozen encoder; "subword": ids
+    max_text_tokens: int = 16  # subword mode: instruction truncated to this many ids
+    d_model: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    dropout: float = 0.1
+    action_bins: int = 1024  # Gato: 1024 bins after mu-law
+    mu: float = 100.0  # mu-law mu (Gato: 100)
+    mu_m: float = 256.0  # mu-law M (Gato: 256)
+    text_encoder: str | None = None  # None: the offline all-MiniLM-L6-v2 package
+    text_dim: int = 384  # sentence-mode embedding width
+    pretrained_backbone: str | None = None  # local file with patch-encoder weights
+
+    def __post_init__(self) -> None:
+        if self.history < 1:
+            raise ValueError(f"history={self.history}; expected >= 1 step")
+        if self.resize_to is not None and self.resize_to % self.patch_size:
+            raise ValueError(f"resize_to={self.resize_to} must be a multiple of patch_size="
+                             f"{self.patch_size}")
+        if self.patch_size < 2 or self.patch_size % 2:
+            raise ValueError(f"patch_size={self.patch_size}; expected an even size >= 2")
+        if self.augment_shift < 0 or self.patch_channels < 1:
+            raise ValueError(f"augment_shift={self.augment_shift}, patch_channels="
+                             f"{self.patch_channels}; expected >= 0 and >= 1")
+        if self.text_mode not in ("sentence", "subword"):
+            raise ValueError(f"text_mode={self.text_mode!r}; expected 'sentence' or 'subword'")
+        if self.max_text_tokens < 2:
+            raise ValueError(f"max_text_tokens={self.max_text_tokens}; expected >= 2")
+        if self.action_bins < 2 or self.mu <= 0 or self.mu_m <= 0:
+            raise ValueError(f"action_bins={self.action_bins}, mu={self.mu}, mu_m={self.mu_m};"
+                             " expected bins >= 2 and positive mu, M")
+        if self.text_dim < 1:
+            raise ValueError(f"text_dim={self.text_dim}; expected >= 1")
+        self.transformer  # noqa: B018 - validates d_model / n_head / dropout
+
+    @property
+    def transformer(self) -> TransformerConfig:
+        return TransformerConfig(d_model=self.d_model, n_layer=self.n_layer, n_head=self.n_head,
+                                 dropout=self.dropout)
+
+
+def window_mask(q_step: torch.Tensor, q_pos: torch.Tensor, k_step: torch.Tensor,
+                k_pos: torch.Tensor, k_valid: torch.Tensor, window: int) -> torch.Tensor:
+    """Boolean attention mask (B, 1, nq, nk): causal, within ``window`` steps, valid keys.
+
+    q_step/q_pos (nq,), k_step/k_pos (nk,): step id (TEXT_STEP for text) and absolute order
+    of queries and keys; k_valid (B, nk) False on padding. A token always sees itself, so no
+    row is empty.
+    """
+    causal = k_pos[None, :] <= q_pos[:, None]  # (nq, nk)
+    in_window = (k_step[None, :] == TEXT_STEP) | (q_step[:, None] - k_step[None, :] < window)
+    allowed = (causal & in_window)[None] & k_valid[:, None, :]  # (B, nq, nk)
+    allowed = allowed | (k_pos[None, :] == q_pos[:, None])[None]
+    return rearrange(allowed, "b q k -> b 1 q k")
+
+
+class GatoPolicy(Policy):
+    kind = "gato"
+    config_class = GatoConfig
+
+    def __init__(self, config: GatoConfig, action_spec: ActionSpec,
+                 env_info: Mapping[str, Any] | None, stats: Mapping[str, Any] | None = None
+                 ) -> None:
+        super().__init__(config, action_spec, env_info, stats)
+        c = config
+        h, w, _ = self.image_shape
+        size = c.resize_to or h
+        if c.resize_to is None and (h != w or h % c.patch_size):
+            raise ValueError(f"image shape {self.image_shape} does not cut into {c.patch_size} px "
+                             "patches; set resize_to to a multiple of patch_size")
+        self.action_tokenizer = MuLawActionTokenizer.from_spec(action_spec, c.action_bins, c.mu,
+                                                               c.mu_m)
+        self.image_tokenizer = PatchTokenizer(c.d_model, size, c.patch_size, c.patch_channels)
+        self.state_tokenizer = (StateTokenizer(len(STATE_NAMES), c.d_model, self.stats)
+                                if c.use_state else None)
+        if c.text_mode == "sentence":
+            self.text_proj = nn.Linear(c.text_dim, c.d_model)
+        else:
+            vocab = get_subword_tokenizer(c.text_encoder).vocab_size
+            self.text_embed = nn.Embedding(vocab, c.d_model)
+            self.text_pos = nn.Parameter(torch.randn(c.max_text_tokens, c.d_model) * 0.02)
+        self.separator = nn.Parameter(torch.randn(c.d_model) * 0.02)
+        self.action_embed = nn.Embedding(c.action_bins, c.d_model)
+        self.n_actions = len(action_spec)
+        self.obs_len = self.image_tokenizer.num_patches + int(c.use_state)  # before the sep
+        self.step_len = self.obs_len + 1 + self.n_actions
+        self.local_pos = nn.Parameter(torch.randn(self.step_len, c.d_model) * 0.02)
+        self.transformer = Transformer(c.transformer)
+        self.head = nn.Linear(c.d_model, c.action_bins)
+        if c.pretrained_backbone:
+            load_backbone(self.image_tokenizer, c.pretrained_backbone)
+        # acting state (see _reset / _act)
+        self.use_kv_cache = True  # False: recompute the whole episode per token (reference)
+        self.last_logits: torch.Tensor | None = None  # (A, bins) of the last select_action
+        self.last_tokens: torch.Tensor | None = None  # (A,) bins it chose
+        self._cache: KVCache | None = None
+        self._k_step = torch.zeros(0, dtype=torch.long)
+        self._k_pos = torch.zeros(0, dtype=torch.long)
+        self._next_pos = 0
+        self._step = 0
+        self._pending: torch.Tensor | None = None  # last action token of the previous step
+        self._text: torch.Tensor | None = None  # (1, L, d)
+        self._history: list[torch.Tensor] = []  # uncached reference: every step's tokens
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    def text_tokens(self, instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Instruction strings -> tokens (B, L, d) and a mask (B, L), True on real tokens."""
+        c = self.config
+        if c.text_mode == "sentence":
+            emb = get_text_encoder(c.text_encoder).encode(list(instructions)).to(self.device)
+            if emb.shape[-1] != c.text_dim:
+                raise ValueError(f"text encoder gives {emb.shape[-1]}-d embeddings; config "
+                                 f"text_dim is {c.text_dim}")
+            tokens = rearrange(self.text_proj(emb), "b d -> b 1 d")
+            return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=self.device)
+        ids, mask = get_subword_tokenizer(c.text_encoder).encode(list(instructions),
+                                                                 c.max_text_tokens)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        return self.text_embed(ids) + self.text_pos[: ids.shape[1]], mask
+
+    def observation_tokens(self, image: torch.Tensor, state: torch.Tensor, augment: bool
+                           ) -> torch.Tensor:
+        """uint8 (B, T, H, W, 3), state (B, T, S) -> [patches, state, separator] (B, T, n, d)."""
+        b, t = image.shape[:2]
+        x = preprocess_images(rearrange(image, "b t h w c -> (b t) h w c"), self.config.resize_to)
+        if augment and self.config.augment_shift > 0:
+            x = random_shift(rearrange(x, "(b t) c h w -> b t c h w", b=b),
+                             self.config.augment_shift)
+            x = rearrange(x, "b t c h w -> (b t) c h w")
+        parts = [rearrange(self.image_tokenizer(x), "(b t) p d -> b t p d", b=b)]
+        if self.state_tokenizer is not None:
+            parts.append(rearrange(self.state_tokenizer(state), "b t d -> b t 1 d"))
+        parts.append(self.separator.expand(b, t, 1, -1))
+        return torch.cat(parts, dim=2) + self.local_pos[: self.obs_len + 1]
+
+    def action_tokens(self, tokens: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """Action bins (..., k) for dims first..first+k-1 -> embeddings (..., k, d)."""
+        k = tokens.shape[-1]
+        start = self.obs_len + 1 + first
+        return self.action_embed(tokens) + self.local_pos[start:start + k]
+
+    # -- Policy API -----------------------------------------------------------------------
+
+    def logits_and_targets(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
+        """A contract batch -> logits (B, T, A, K), target bins (B, T, A), valid (B, T)."""
+        image, state, action, valid = self._unpack(batch)
+        targets = self.action_tokenizer.encode(action)  # (B, T, A)
+        logits = self.sequence_logits(image, state, targets, valid, batch[INSTRUCTION])
+        return logits, targets, valid
+
+    def sequence_logits(self, image: torch.Tensor, state: torch.Tensor, targets: torch.Tensor,
+                        valid: torch.Tensor, instructions: Sequence[str]) -> torch.Tensor:
+        """Teacher-forced logits (B, T, A, K) for action tokens ``targets`` (B, T, A)."""
+        b, t = image.shape[:2]
+        text, text_mask = self.text_tokens(instructions)  # (B, L, d), (B, L)
+        steps = torch.cat([self.observation_tokens(image, state, augment=self.training),
+                           self.action_tokens(targets)], dim=2)  # (B, T, step_len, d)
+        x = torch.cat([text, rearrange(steps, "b t n d -> b (t n) d")], dim=1)
+        length = text.shape[1]
+        step_ids = torch.arange(t, device=x.device).repeat_interleave(self.step_len)
+        k_step = torch.cat([torch.full((length,), TEXT_STEP, device=x.device), step_ids])
+        pos = torch.arange(x.shape[1], device=x.device)
+        k_valid = torch.cat([text_mask, valid.repeat_interleave(self.step_len, dim=1)], dim=1)
+        mask = window_mask(k_step, pos, k_step, pos, k_valid, self.config.history)
+        h = self.transformer(x, mask)[:, length:]  # (B, T * step_len, d)
+        h = rearrange(h, "b (t n) d -> b t n d", t=t)
+        # outputs at the separator and a_0..a_{A-2} predict a_0..a_{A-1}
+        return self.head(h[:, :, self.obs_len:self.obs_len + self.n_actions])  # (B, T, A, K)
+
+    def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        logits, targets, valid = self.logits_and_targets(batch)
+        loss = F.cross_entropy(logits[valid].flatten(0, 1), targets[valid].flatten())
+        metrics = {"loss": loss.item(),
+                   **token_metrics(logits, targets, valid, self.action_spec.names)}
+        return loss, metrics
+
+    def _reset(self, instruction: str) -> None:
+        text, mask = self.text_tokens([instruction])
+        self._text = text[:, mask[0]]  # acting needs no padding: (1, L, d)
+        self._cache = self.transformer.new_cache()
+        self._k_step = torch.zeros(0, dtype=torch.long, device=self.device)
+        self._k_pos = torch.zeros(0, dtype=torch.long, device=self.device)
+        self._next_pos = 0
+        self._step = 0
+        self._pending = None
+        self._history = []
+        if self.use_kv_cache:
+            self._feed(self._text, TEXT_STEP)
+
+    def _feed(self, x: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
+        """Append tokens (1, n, d) of ``step`` (or per-token steps (n,)) to the cache."""
+        n = x.shape[1]
+        q_step = (torch.full((n,), step, dtype=torch.long, device=x.device)
+                  if isinstance(step, int) else step)
+        q_pos = torch.arange(self._next_pos, self._next_pos + n, device=x.device)
+        self._k_step = torch.cat([self._k_step, q_step])
+        self._k_pos = torch.cat([self._k_pos, q_pos])
+        self._next_pos += n
+        k_valid = torch.ones(1, self._k_step.shape[0], dtype=torch.bool, device=x.device)
+        mask = window_mask(q_step, q_pos, self._k_step, self._k_pos, k_valid,
+                           self.config.history)
+        return self.transformer(x, mask, self._cache)
+
+    def _act(self, image: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        obs = self.observation_tokens(image[None, None], state[None, None], augment=False)[0]
+        if not self.use_kv_cache:
+            return self._act_uncached(obs)
+        s = self._step
+        x, steps = obs, torch.full((obs.shape[1],), s, dtype=torch.long, device=obs.device)
+        if self._pending is not None:  # the previous step's last action joins this call
+            x = torch.cat([self._pending, obs], dim=1)
+            steps = torch.cat([steps.new_tensor([s - 1]), steps])
+        h = self._feed(x, steps)
+        # the step that just left the window is invisible to every later token: evict it
+        keep = ((self._k_step == TEXT_STEP) | (self._k_step > s - self.config.history)).nonzero()
+        if keep.shape[0] < self._k_step.shape[0]:
+            keep = keep[:, 0]
+            self._cache.keep(keep)
+            self._k_step, self._k_pos = self._k_step[keep], self._k_pos[keep]
+        logits, tokens = [], []
+        for i in range(self.n_actions):
+            logits.append(self.head(h[0, -1]))  # (K,)
+            tokens.append(logits[-1].argmax())
+            emb = self.action_tokens(tokens[-1].view(1, 1), first=i)  # (1, 1, d)
+            if i < self.n_actions - 1:
+                h = self._feed(emb, s)
+            else:
+                self._pending = emb
+        self._step += 1
+        self.last_logits, self.last_tokens = torch.stack(logits), torch.stack(tokens)
+        return self.action_tokenizer.decode(self.last_tokens)
+
+    def _act_uncached(self, obs: torch.Tensor) -> torch.Tensor:
+        """Reference decoding: every action token recomputes the whole episode, no cache."""
+        prefix = torch.cat([self._text, *self._history], dim=1) if self._history else self._text
+        n_text = self._text.shape[1]
+        logits, tokens = [], []
+        current = obs
+        for i in range(self.n_actions + 1):
+            x = torch.cat([prefix, current], dim=1)
+            steps = torch.cat([
+                torch.full((n_text,), TEXT_STEP, dtype=torch.long),
+                torch.arange(len(self._history)).repeat_interleave(self.step_len),
+                torch.full((current.shape[1],), self._step, dtype=torch.long)]).to(x.device)
+            pos = torch.arange(x.shape[1], device=x.device)
+            valid = torch.ones(1, x.shape[1], dtype=torch.bool, device=x.device)
+            h = self.transformer(x, window_mask(steps, pos, steps, pos, valid,
+                                                self.config.history))
+            if i == self.n_actions:
+                break
+            logits.append(self.head(h[0, -1]))
+            tokens.append(logits[-1].argmax())
+            current = torch.cat([current, self.action_tokens(tokens[-1].view(1, 1), first=i)],
+                                dim=1)
+        self._history.append(current)
+        self._step += 1
+        self.last_logits, self.last_tokens = torch.stack(logits), torch.stack(tokens)
+        return self.action_tokenizer.decode(self.last_tokens)

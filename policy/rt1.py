@@ -1,0 +1,202 @@
+"""RT-1 (Brohan et al. 2022): FiLM-conditioned image tokens + a frame-causal transformer.
+
+Per frame: the camera image (resized to 64 px by default) goes through an EfficientNet-style
+conv net whose blocks are FiLM-conditioned on the instruction's sentence embedding (by default
+EfficientNetV2's Fused-MBConv blocks, which train ~2x faster on a CPU than depthwise MBConv;
+docs/results/policy.md), TokenLearner pools it to 8 tokens, and one proprioceptive-state token
+is added (FINDINGS.md). A history of T frames of those tokens is read by a decoder-only
+transformer whose mask is causal over frames (every token of frame t sees all tokens of frames
+<= t). The tokens of each frame are mean-pooled and one linear head predicts all action
+dimensions of that step in parallel, as the released RT-1 code does; the loss is cross-entropy
+over 256 bins per dimension on every non-padded frame.
+
+While acting, each frame's tokens depend only on that frame and the instruction, so they are
+computed once and kept in a deque: one control step costs one image encoding plus a
+transformer pass over T * 9 tokens.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from envs.spec import INSTRUCTION, STATE_NAMES, ActionSpec
+from policy.base import Policy, token_metrics
+from policy.text import get_text_encoder
+from policy.tokenizers.actions import UniformActionTokenizer
+from policy.tokenizers.images import (
+    RT1ImageTokenizer,
+    load_backbone,
+    preprocess_images,
+    random_shift,
+)
+from policy.tokenizers.state import StateTokenizer
+from policy.transformer import Transformer, TransformerConfig
+
+
+@dataclass
+class RT1Config:
+    """RT-1 model and tokenizer settings; every field is saved in config.json."""
+
+    history: int = 2  # frames in context (RT-1 used 6; FINDINGS: 3 frames cost 2.3x per step)
+    resize_to: int | None = 64  # model resolution; FINDINGS: 64 px learned 1.6x faster than 96
+    augment_shift: int = 4  # random-shift pixels at model resolution during training; 0 = off
+    conv_channels: tuple[int, ...] = (16, 32, 64, 128)  # stem width, then one stage per entry
+    conv_strides: tuple[int, ...] = (2, 2, 1)  # stride of each stage after the stride-2 stem
+    conv_blocks: int = 1  # MBConv blocks per stage
+    conv_expand: int = 2  # MBConv expansion ratio (EfficientNet uses 6; 2 is CPU-friendly)
+    conv_fused_stages: int = 3  # leading stages of Fused-MBConv (EfficientNetV2): 2x faster
+    image_tokens: int = 8  # TokenLearner tokens per frame (RT-1: 8)
+    use_state: bool = True  # one end-effector-state token per frame
+    d_model: int = 128
+    n_layer: int = 3
+    n_head: int = 4
+    dropout: float = 0.1
+    action_bins: int = 256  # uniform bins per action dimension (RT-1: 256)
+    action_bounds: str = "spec"  # "spec": the action spec's bounds; "data": stats p01/p99
+    text_encoder: str | None = None  # None: the offline all-MiniLM-L6-v2 package
+    text_dim: int = 384  # width of the sentence embedding (all-MiniLM-L6-v2: 384)
+    pretrained_backbone: str | None = None  # local safetensors/state-dict file for the conv net
+
+    def __post_init__(self) -> None:
+        self.conv_channels = tuple(int(c) for c in self.conv_channels)
+        self.conv_strides = tuple(int(s) for s in self.conv_strides)
+        if self.history < 1:
+            raise ValueError(f"history={self.history}; expected >= 1 frame")
+        if self.resize_to is not None and self.resize_to < 16:
+            raise ValueError(f"resize_to={self.resize_to}; expected None or >= 16 px")
+        if self.augment_shift < 0:
+            raise ValueError(f"augment_shift={self.augment_shift}; expected >= 0")
+        if len(self.conv_channels) < 2 or min(self.conv_channels) < 1:
+            raise ValueError(f"conv_channels={self.conv_channels}; expected >= 2 positive widths")
+        if len(self.conv_strides) != len(self.conv_channels) - 1 or not set(
+                self.conv_strides) <= {1, 2}:
+            raise ValueError(f"conv_strides={self.conv_strides}; expected "
+                             f"{len(self.conv_channels) - 1} entries of 1 or 2")
+        if self.conv_blocks < 1 or self.conv_expand < 1 or self.image_tokens < 1:
+            raise ValueError(f"conv_blocks={self.conv_blocks}, conv_expand={self.conv_expand}, "
+                             f"image_tokens={self.image_tokens}; expected each >= 1")
+        if not 0 <= self.conv_fused_stages <= len(self.conv_strides):
+            raise ValueError(f"conv_fused_stages={self.conv_fused_stages}; expected 0.."
+                             f"{len(self.conv_strides)} (the number of stages)")
+        if self.action_bins < 2:
+            raise ValueError(f"action_bins={self.action_bins}; expected >= 2")
+        if self.action_bounds not in ("spec", "data"):
+            raise ValueError(f"action_bounds={self.action_bounds!r}; expected 'spec' or 'data'")
+        if self.text_dim < 1:
+            raise ValueError(f"text_dim={self.text_dim}; expected >= 1")
+        self.transformer  # noqa: B018 - validates d_model / n_head / dropout
+
+    @property
+    def transformer(self) -> TransformerConfig:
+        return TransformerConfig(d_model=self.d_model, n_layer=self.n_layer, n_head=self.n_head,
+                                 dropout=self.dropout)
+
+
+class RT1Policy(Policy):
+    kind = "rt1"
+    config_class = RT1Config
+
+    def __init__(self, config: RT1Config, action_spec: ActionSpec,
+                 env_info: Mapping[str, Any] | None, stats: Mapping[str, Any] | None = None
+                 ) -> None:
+        super().__init__(config, action_spec, env_info, stats)
+        c = config
+        self.action_tokenizer = UniformActionTokenizer.from_spec(
+            action_spec, c.action_bins, self.stats, c.action_bounds)
+        self.image_tokenizer = RT1ImageTokenizer(
+            c.d_model, c.text_dim, c.conv_channels, c.conv_strides, c.conv_blocks,
+            c.conv_expand, c.image_tokens, c.conv_fused_stages)
+        self.state_tokenizer = (StateTokenizer(len(STATE_NAMES), c.d_model, self.stats)
+                                if c.use_state else None)
+        self.tokens_per_frame = c.image_tokens + int(c.use_state)
+        # learned position of every token in the window: (frame, token within frame)
+        self.pos = nn.Parameter(torch.randn(c.history, self.tokens_per_frame, c.d_model) * 0.02)
+        self.transformer = Transformer(c.transformer)
+        self.head = nn.Linear(c.d_model, len(action_spec) * c.action_bins)
+        if c.pretrained_backbone:
+            load_backbone(self.image_tokenizer.backbone, c.pretrained_backbone)
+        self._text_emb: torch.Tensor | None = None
+        self._frames: deque[torch.Tensor] = deque(maxlen=c.history)
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    def encode_text(self, instructions: Sequence[str]) -> torch.Tensor:
+        """Sentence embeddings (B, text_dim) from the shared, cached text encoder."""
+        emb = get_text_encoder(self.config.text_encoder).encode(list(instructions))
+        if emb.shape[-1] != self.config.text_dim:
+            raise ValueError(f"text encoder {self.config.text_encoder!r} gives {emb.shape[-1]}-d "
+                             f"embeddings; config text_dim is {self.config.text_dim}")
+        return emb.to(self.device)
+
+    def frame_tokens(self, image: torch.Tensor, state: torch.Tensor, text: torch.Tensor,
+                     augment: bool) -> torch.Tensor:
+        """uint8 (B, T, H, W, 3), state (B, T, S), text (B, Dt) -> tokens (B, T, n, d)."""
+        b, t = image.shape[:2]
+        x = preprocess_images(rearrange(image, "b t h w c -> (b t) h w c"), self.config.resize_to)
+        if augment and self.config.augment_shift > 0:
+            x = random_shift(rearrange(x, "(b t) c h w -> b t c h w", b=b),
+                             self.config.augment_shift)
+            x = rearrange(x, "b t c h w -> (b t) c h w")
+        tokens = self.image_tokenizer(x, repeat(text, "b d -> (b t) d", t=t))  # (BT, 8, d)
+        tokens = rearrange(tokens, "(b t) n d -> b t n d", b=b)
+        if self.state_tokenizer is not None:
+            tokens = torch.cat([tokens, rearrange(self.state_tokenizer(state),
+                                                  "b t d -> b t 1 d")], dim=2)
+        return tokens
+
+    def action_logits(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Frame tokens (B, T, n, d) + valid frames (B, T) -> logits (B, T, A, bins).
+
+        Frames are right-aligned in the window (the newest frame takes the last position),
+        so a short history at the start of an episode looks like a padded training window.
+        """
+        b, t, n, _ = tokens.shape
+        if t > self.config.history:
+            raise ValueError(f"{t} frames given; this policy's history is {self.config.history}")
+        x = rearrange(tokens + self.pos[self.config.history - t:], "b t n d -> b (t n) d")
+        frame = torch.arange(t, device=x.device).repeat_interleave(n)  # (N,)
+        key_valid = valid.repeat_interleave(n, dim=1)  # (B, N)
+        allowed = (frame[None, :, None] >= frame[None, None, :]) & key_valid[:, None, :]
+        allowed |= torch.eye(t * n, dtype=torch.bool, device=x.device)  # no empty rows
+        h = self.transformer(x, rearrange(allowed, "b q k -> b 1 q k"))  # (B, N, d)
+        h = rearrange(h, "b (t n) d -> b t n d", t=t).mean(dim=2)  # (B, T, d)
+        return rearrange(self.head(h), "b t (a k) -> b t a k", a=len(self.action_spec))
+
+    # -- Policy API -----------------------------------------------------------------------
+
+    def logits_and_targets(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
+        """A contract batch -> logits (B, T, A, K), target bins (B, T, A), valid (B, T)."""
+        image, state, action, valid = self._unpack(batch)
+        text = self.encode_text(batch[INSTRUCTION])
+        tokens = self.frame_tokens(image, state, text, augment=self.training)
+        return self.action_logits(tokens, valid), self.action_tokenizer.encode(action), valid
+
+    def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        logits, targets, valid = self.logits_and_targets(batch)
+        loss = F.cross_entropy(logits[valid].flatten(0, 1), targets[valid].flatten())
+        metrics = {"loss": loss.item(),
+                   **token_metrics(logits, targets, valid, self.action_spec.names)}
+        return loss, metrics
+
+    def _reset(self, instruction: str) -> None:
+        self._text_emb = self.encode_text([instruction])
+        self._frames.clear()
+
+    def _act(self, image: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        tok = self.frame_tokens(image[None, None], state[None, None], self._text_emb,
+                                augment=False)
+        self._frames.append(tok[0, 0])
+        t, n = self.config.history, len(self._frames)
+        tokens = torch.zeros(1, t, *tok.shape[2:], device=tok.device)
+        tokens[0, t - n:] = torch.stack(list(self._frames))
+        valid = torch.arange(t, device=tok.device)[None] >= t - n  # (1, T)
+        logits = self.action_logits(tokens, valid)[0, -1]  # (A, K)
+        return self.action_tokenizer.decode(logits.argmax(-1))

@@ -1,0 +1,297 @@
+"""Image tokenizers: camera frames -> a few embedding tokens per frame.
+
+RT-1 (Brohan et al. 2022, sec. 4): an EfficientNet-style conv net whose blocks are FiLM-
+conditioned on the instruction embedding (FiLM layers start as the identity, so a pretrained
+backbone is not disturbed at the start of training), followed by TokenLearner (Ryoo et al.
+2021), which pools the feature map into 8 learned soft-attention tokens per frame. GroupNorm
+replaces BatchNorm because CPU batches here are small (FINDINGS.md).
+
+Gato (Reed et al. 2022, sec. 2.1-2.2): the frame is cut into 16x16 patches, each patch is
+normalised to [-1, 1] and divided by sqrt(patch size), passed through a single ResNet v2
+block, and given learned row and column position encodings.
+
+Both are trained from scratch; :func:`load_backbone` loads a local safetensors / state-dict
+file when a user has pretrained weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def preprocess_images(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, size, size) in [0, 1] (area-resized if needed)."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images (N, H, W, 3); got {images.dtype} "
+                         f"{tuple(images.shape)}")
+    x = rearrange(images, "n h w c -> n c h w").float().div_(255.0)
+    if size is not None and (x.shape[-2], x.shape[-1]) != (size, size):
+        # area interpolation averages whole pixels: the cheap, alias-free way down to 64 px
+        x = F.interpolate(x, size=(size, size), mode="area")
+    return x
+
+
+def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+    """Random-shift augmentation (pad by replication, crop back; Kostrikov et al. 2020).
+
+    x: (B, T, C, H, W). One shift per sample, shared by its T frames, so motion between the
+    frames of a history is not confused with the augmentation.
+    """
+    if pad <= 0:
+        return x
+    b, t, c, h, w = x.shape
+    padded = F.pad(rearrange(x, "b t c h w -> b (t c) h w"), (pad, pad, pad, pad),
+                   mode="replicate")
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator)
+    out = torch.stack([padded[i, :, dy:dy + h, dx:dx + w]
+                       for i, (dy, dx) in enumerate(offsets.tolist())])
+    return rearrange(out, "b (t c) h w -> b t c h w", t=t)
+
+
+def _groups(channels: int) -> int:
+    """GroupNorm groups: 8 when they divide the channels, else a single group (LayerNorm-like)."""
+    return 8 if channels % 8 == 0 else 1
+
+
+class FiLM(nn.Module):
+    """Feature-wise linear modulation x * (1 + gamma(c)) + beta(c), initialised to identity."""
+
+    def __init__(self, cond_dim: int, channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(cond_dim, 2 * channels)
+        nn.init.zeros_(self.proj.weight)  # identity at start: gamma = beta = 0
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        gamma, beta = rearrange(self.proj(cond), "n (two c) -> two n c 1 1", two=2)
+        return x * (1.0 + gamma) + beta
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int, reduced: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, reduced, 1)
+        self.fc2 = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean(dim=(2, 3), keepdim=True)  # (N, C, 1, 1)
+        return x * torch.sigmoid(self.fc2(F.silu(self.fc1(s))))
+
+
+class MBConv(nn.Module):
+    """EfficientNet's inverted bottleneck (expand 1x1, depthwise 3x3, SE, project 1x1) + FiLM."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int, cond_dim: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.expand = None
+        if expand != 1:
+            self.expand = nn.Sequential(nn.Conv2d(cin, hidden, 1, bias=False),
+                                        nn.GroupNorm(_groups(hidden), hidden), nn.SiLU())
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(hidden, hidden, 3, stride=stride, padding=1, groups=hidden, bias=False),
+            nn.GroupNorm(_groups(hidden), hidden), nn.SiLU())
+        self.se = SqueezeExcite(hidden, max(1, cin // 4))
+        self.project = nn.Sequential(nn.Conv2d(hidden, cout, 1, bias=False),
+                                     nn.GroupNorm(_groups(cout), cout))
+        self.film = FiLM(cond_dim, cout)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = x if self.expand is None else self.expand(x)
+        h = self.project(self.se(self.depthwise(h)))
+        h = self.film(h, cond)
+        return x + h if self.residual else h
+
+
+class FusedMBConv(nn.Module):
+    """EfficientNetV2's fused block (one 3x3 conv in place of expand + depthwise) + FiLM.
+
+    Depthwise convolutions are slow to train on CPUs (and GPUs) at small widths; EfficientNetV2
+    (Tan & Le 2021) fuses the early stages for the same reason.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int, cond_dim: int) -> None:
+        super().__init__()
+        hidden = cin * expand if expand != 1 else cout  # expand 1: a single 3x3 conv
+        self.conv = nn.Sequential(
+            nn.Conv2d(cin, hidden, 3, stride=stride, padding=1, bias=False),
+            nn.GroupNorm(_groups(hidden), hidden), nn.SiLU())
+        self.project = None
+        if expand != 1:
+            self.project = nn.Sequential(nn.Conv2d(hidden, cout, 1, bias=False),
+                                         nn.GroupNorm(_groups(cout), cout))
+        self.film = FiLM(cond_dim, cout)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        h = self.film(h if self.project is None else self.project(h), cond)
+        return x + h if self.residual else h
+
+
+class FiLMEfficientNet(nn.Module):
+    """Stem conv + one stage of MBConv blocks per channel width, every block FiLM-conditioned.
+
+    channels[0] is the stem width (stride 2); stage i > 0 has ``blocks`` blocks of width
+    channels[i], the first with stride strides[i - 1]; the first ``fused_stages`` stages use
+    Fused-MBConv blocks, the rest MBConv. Output (N, channels[-1], h, w).
+    """
+
+    def __init__(self, channels: Sequence[int], strides: Sequence[int], blocks: int,
+                 expand: int, cond_dim: int, fused_stages: int = 0) -> None:
+        super().__init__()
+        if len(strides) != len(channels) - 1:
+            raise ValueError(f"conv_strides {tuple(strides)} must have one entry per stage after "
+                             f"the stem; expected {len(channels) - 1} for channels "
+                             f"{tuple(channels)}")
+        c0 = channels[0]
+        self.stem = nn.Sequential(nn.Conv2d(3, c0, 3, stride=2, padding=1, bias=False),
+                                  nn.GroupNorm(_groups(c0), c0), nn.SiLU())
+        self.stem_film = FiLM(cond_dim, c0)
+        layers: list[nn.Module] = []
+        for stage, (cin, cout, stride) in enumerate(zip(channels[:-1], channels[1:], strides,
+                                                        strict=True)):
+            block = FusedMBConv if stage < fused_stages else MBConv
+            for j in range(blocks):
+                layers.append(block(cin if j == 0 else cout, cout, stride if j == 0 else 1,
+                                    expand, cond_dim))
+        self.blocks = nn.ModuleList(layers)
+        self.out_channels = channels[-1]
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        x = self.stem_film(self.stem(x), cond)
+        for block in self.blocks:
+            x = block(x, cond)
+        return x
+
+
+class TokenLearner(nn.Module):
+    """Pool a feature map into ``num_tokens`` soft-attention tokens (Ryoo et al. 2021)."""
+
+    def __init__(self, channels: int, num_tokens: int = 8, hidden: int = 64) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.attn = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(),
+                                  nn.Linear(hidden, num_tokens))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = rearrange(x, "n c h w -> n (h w) c")
+        weights = self.attn(self.norm(x)).softmax(dim=1)  # (N, HW, S): a map per token
+        return torch.einsum("nps,npc->nsc", weights, x)  # (N, S, C)
+
+
+class RT1ImageTokenizer(nn.Module):
+    """Frames (N, 3, H, W) in [0, 1] + instruction embedding (N, Dt) -> tokens (N, S, d)."""
+
+    def __init__(self, d_model: int, text_dim: int, channels: Sequence[int],
+                 strides: Sequence[int], blocks: int, expand: int, num_tokens: int,
+                 fused_stages: int = 0) -> None:
+        super().__init__()
+        self.backbone = FiLMEfficientNet(channels, strides, blocks, expand, text_dim,
+                                         fused_stages)
+        self.token_learner = TokenLearner(self.backbone.out_channels, num_tokens)
+        self.proj = nn.Linear(self.backbone.out_channels, d_model)
+        # ImageNet statistics: harmless from scratch, and what a pretrained backbone expects
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        x = (images - self.mean) / self.std
+        return self.proj(self.token_learner(self.backbone(x, text)))
+
+
+class ResNetV2Block(nn.Module):
+    """Pre-activation residual block: GN-GELU-conv-GN-GELU-conv plus the identity."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.GroupNorm(_groups(channels), channels), nn.GELU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.GroupNorm(_groups(channels), channels), nn.GELU(),
+            nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class PatchTokenizer(nn.Module):
+    """Gato's image encoding: 16x16 patches -> ResNet v2 block -> tokens with row/col encodings.
+
+    A 2x2 stride-2 convolution first lifts each patch from 3 to ``channels`` channels at half
+    resolution, so the residual block runs at 8x8 (a quarter of the cost on a CPU).
+    Input (N, 3, H, W) in [0, 1]; output (N, rows * cols, d).
+    """
+
+    def __init__(self, d_model: int, image_size: int, patch_size: int = 16,
+                 channels: int = 32) -> None:
+        super().__init__()
+        if image_size % patch_size or patch_size % 2:
+            raise ValueError(f"image size {image_size} must be a multiple of patch_size "
+                             f"{patch_size} (itself even)")
+        self.patch_size = patch_size
+        self.grid = image_size // patch_size
+        self.lift = nn.Conv2d(3, channels, 2, stride=2)
+        self.block = ResNetV2Block(channels)
+        self.proj = nn.Linear(channels * (patch_size // 2) ** 2, d_model)
+        self.row = nn.Parameter(torch.randn(self.grid, d_model) * 0.02)
+        self.col = nn.Parameter(torch.randn(self.grid, d_model) * 0.02)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid * self.grid
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = images.shape
+        if h != w or h // self.patch_size != self.grid:
+            raise ValueError(f"image {h}x{w} does not give a {self.grid}x{self.grid} patch grid "
+                             f"of {self.patch_size} px")
+        x = (images * 2.0 - 1.0) / math.sqrt(self.patch_size)  # Gato's patch normalisation
+        x = rearrange(x, "n c (gh p1) (gw p2) -> (n gh gw) c p1 p2",
+                      p1=self.patch_size, p2=self.patch_size)
+        x = self.block(self.lift(x))
+        x = self.proj(rearrange(x, "(n g) c h w -> n g (c h w)", n=n))  # (N, P, d)
+        pos = rearrange(self.row, "r d -> r 1 d") + rearrange(self.col, "c d -> 1 c d")
+        return x + rearrange(pos, "r c d -> (r c) d")
+
+
+def load_backbone(module: nn.Module, path: str | Path) -> list[str]:
+    """Load pretrained weights from a local safetensors or torch state-dict file.
+
+    Keys may carry a prefix up to the module's own names. Returns the module keys that stayed
+    untrained (e.g. FiLM layers); raises if no key matches, or a shape disagrees.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained_backbone file {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    own = module.state_dict()
+    matched: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for own_key in own:
+            if key == own_key or key.endswith("." + own_key):
+                if own[own_key].shape != value.shape:
+                    raise ValueError(f"pretrained weight {key!r} has shape {tuple(value.shape)};"
+                                     f" expected {tuple(own[own_key].shape)}")
+                matched[own_key] = value
+                break
+    if not matched:
+        raise ValueError(f"no weight in {str(path)!r} matches the backbone; expected keys like "
+                         f"{list(own)[:3]}")
+    module.load_state_dict(matched, strict=False)
+    return sorted(set(own) - set(matched))

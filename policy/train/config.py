@@ -1,0 +1,123 @@
+"""Structured configs of a training run, registered in hydra's ConfigStore.
+
+`conf/train.yaml` starts its defaults list with the `train_schema` node stored here, so every
+group file (data/, optim/, train/, logger/) is merged onto a typed dataclass: a misspelt
+key or a value of the wrong type fails when hydra composes the config, with hydra's own
+message, not an hour into a run (issue 5). The `policy` and `eval` groups belong to other
+modules and carry their own `_target_`, so they are typed `Any` here and validated when
+they are instantiated at start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class DataConfig:
+    """Where the episodes are and how a training sample is cut from them."""
+
+    path: str = MISSING  # an episode store directory (envs/store.py), relative to the cwd
+    history: int = 1  # frames per sample; must match what the policy reads
+    in_memory: bool = True  # FINDINGS.md: loading from RAM was 2% of a step
+    tasks: Optional[list[str]] = None  # noqa: UP045 (OmegaConf 2.3 needs typing.Optional)
+    num_workers: int = 0  # DataLoader worker processes (one torch thread each)
+
+    def __post_init__(self) -> None:
+        if self.history < 1:
+            raise ValueError(f"data.history={self.history}; expected >= 1")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers={self.num_workers}; expected >= 0")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay, and gradient-norm clipping."""
+
+    lr: float = 3e-4  # FINDINGS.md: AdamW 3e-4 learned pick in 10 CPU-minutes
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio, not at zero
+    grad_clip: float = 1.0  # max global L2 norm; 0 disables clipping (the norm is still logged)
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr={self.lr}; expected > 0")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps={self.warmup_steps}; expected >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"optim.min_lr_ratio={self.min_lr_ratio}; expected in [0, 1]")
+        if self.grad_clip < 0:
+            raise ValueError(f"optim.grad_clip={self.grad_clip}; expected >= 0 (0 = off)")
+
+
+@dataclass
+class ScheduleConfig:
+    """How long to train, how often to log, evaluate and checkpoint, and from where."""
+
+    steps: int = 3000  # optimizer steps; also the horizon of the cosine schedule
+    batch_size: int = 64  # global batch: split evenly over DDP ranks
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 500
+    eval_every: int = 0  # 0: no in-training evaluation; else also forces a checkpoint
+    keep_last: int = 2  # older checkpoints are deleted, except the best one
+    # null: start fresh; "true": continue the newest run with the same `name`;
+    # a path: a run directory or one checkpoint directory to continue from
+    resume: Optional[str] = None  # noqa: UP045
+    # stop this invocation after this step (with a checkpoint) while keeping the schedule
+    # of `steps`: for time-boxed jobs such as preemptible slots; null runs to `steps`
+    stop_after: Optional[int] = None  # noqa: UP045
+    bf16: bool = True  # bf16 autocast, used only on CUDA (CPU autocast is slower there)
+    num_threads: Optional[int] = None  # noqa: UP045 (null: cores // local processes)
+    progress: bool = True  # tqdm bar on rank 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name}={getattr(self, name)}; expected >= 1")
+        for name in ("checkpoint_every", "eval_every", "keep_last"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name}={getattr(self, name)}; expected >= 0")
+        if self.stop_after is not None and self.stop_after < 1:
+            raise ValueError(f"train.stop_after={self.stop_after}; expected >= 1 or null")
+
+
+@dataclass
+class LoggerConfig:
+    """Where scalars go: metrics.jsonl always (rank 0), TensorBoard if enabled."""
+
+    tensorboard: bool = True
+    videos: bool = True  # rollout videos of in-training evaluation as TensorBoard GIFs
+    flush_secs: int = 30
+
+
+@dataclass
+class TrainRunConfig:
+    """The whole composed `conf/train.yaml`."""
+
+    name: str = "run"  # the run directory's suffix; `train.resume=true` looks runs up by it
+    device: str = "auto"  # auto: cuda when available, else cpu
+    policy: Any = MISSING  # conf/policy/*.yaml: `_target_` to RT1Config / GatoConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: ScheduleConfig = field(default_factory=ScheduleConfig)
+    eval: Any = None  # conf/eval/*.yaml, owned by policy.evaluation
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device={self.device!r}; expected one of {DEVICES}")
+
+
+def register_configs() -> None:
+    """Store the schema as `train_schema` so that conf/train.yaml can build on it."""
+    ConfigStore.instance().store(name="train_schema", node=TrainRunConfig)

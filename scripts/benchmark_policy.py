@@ -1,0 +1,34 @@
+"""Benchmark the policies on the CPU: `python scripts/benchmark_policy.py [key=value ...]`.
+
+Batch-1 acting latency (median, p99) and training samples/s of the default RT-1 and Gato,
+beside lucidrains' robotic-transformer-pytorch RT1 in the same run (issue 4); see
+conf/benchmark_policy.yaml for the settings and policy/benchmark.py for what is timed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from policy.benchmark import run_benchmark
+
+
+@hydra.main(config_path="../conf", config_name="benchmark_policy", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    models = {name: instantiate(c) for name, c in cfg.models.items()}
+    peer = instantiate(cfg.peer.model) if cfg.peer.enabled else None
+    result = run_benchmark(models, peer, image_size=cfg.image_size, threads=cfg.threads,
+                           act_calls=cfg.act_calls, peer_act_calls=cfg.peer.act_calls,
+                           warmup=cfg.warmup, train_batch=cfg.train_batch,
+                           train_steps=cfg.train_steps)
+    print(result.markdown())
+    if cfg.out:
+        Path(cfg.out).write_text(json.dumps(result.to_dict(), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Evaluation in the real PyBullet env (issue 6, "Must show").
+
+- the report of a tiny (untrained) RT-1 checkpoint on 2 episodes per split has every field;
+- the scripted oracle succeeds on >= 95% of seen episodes;
+- the same checkpoint on the same seeds gives the same eval_info.json, whatever the number
+  of worker processes;
+- a checkpoint that does not fit the env is refused, naming the mismatch;
+- shards run through the hydra config merge into the unsharded report;
+- in-training use: a live policy object, results logged to TensorBoard.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import envs
+from envs.spec import DEFAULT_ACTION_SPEC, EVAL_SEED_START
+from policy import Policy, make_policy
+from policy.evaluation import EnvSettings, EvalReport, evaluate, log_report
+from policy.evaluation.cli import merge_dirs
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+IMAGE_SIZE = 64  # rendering cost is mostly fixed per frame (FINDINGS.md); 64 px is plenty here
+
+
+def tiny_policy() -> Policy:
+    cfg = instantiate(OmegaConf.load(CONF / "policy" / "rt1_tiny.yaml"))
+    env = envs.make_env("pick", "seen", image_size=IMAGE_SIZE, skip_render=True)
+    try:
+        return make_policy(cfg, DEFAULT_ACTION_SPEC, env.unwrapped.describe())
+    finally:
+        env.close()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    return tiny_policy().save_pretrained(tmp_path_factory.mktemp("ckpt") / "rt1_tiny")
+
+
+# One task keeps this fast; every split, the oracle and a baseline, videos included.
+SMALL = dict(tasks=["pick"], episodes=2, workers=0, videos_per_split=1,
+             baselines=["oracle", "random"], progress=False, plot=False)
+
+
+@pytest.fixture(scope="module")
+def report_dir(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    evaluate(str(checkpoint), out_dir=out, **SMALL)
+    return out
+
+
+def test_report_of_a_tiny_checkpoint_has_every_field(report_dir: Path, checkpoint: Path):
+    info = json.loads((report_dir / "eval_info.json").read_text())
+    meta = info["meta"]
+    assert meta["policies"] == ["rt1", "oracle", "random"]
+    assert meta["splits"] == list(envs.SPLITS) and meta["tasks"] == ["pick"]
+    assert meta["checkpoint"] == str(checkpoint) and len(meta["checkpoint_sha256"]) == 64
+    assert meta["seed_start"] == EVAL_SEED_START and meta["episodes_per_cell"] == 2
+    assert meta["env"]["image_shape"] == [IMAGE_SIZE, IMAGE_SIZE, 3]  # as trained
+
+    rows = info["episodes"]
+    assert len(rows) == 3 * len(envs.SPLITS) * 2
+    for row in rows:
+        assert set(row) == {"policy", "task", "split", "index", "seed", "instruction",
+                            "success", "steps", "return", "ended_by", "error"}
+        assert row["seed"] >= EVAL_SEED_START and row["instruction"] and row["steps"] >= 1
+        assert row["ended_by"] in ("terminate", "step_limit")
+    # the oracle and the baselines ran on the checkpoint's very seeds and scenes
+    by_policy = {p: [(r["split"], r["seed"], r["instruction"]) for r in rows if r["policy"] == p]
+                 for p in meta["policies"]}
+    assert by_policy["rt1"] == by_policy["oracle"] == by_policy["random"]
+
+    groups = {(a["policy"], a["task"], a["split"]): a for a in info["aggregates"]}
+    for pol in meta["policies"]:
+        for split in envs.SPLITS:
+            cell = groups[(pol, "pick", split)]
+            assert cell["episodes"] == 2
+            assert 0.0 <= cell["ci_low"] <= cell["success_rate"] <= cell["ci_high"] <= 1.0
+            assert groups[(pol, None, split)]["episodes"] == 2
+        assert groups[(pol, None, None)]["episodes"] == 2 * len(envs.SPLITS)
+        assert groups[(pol, "pick", None)]["episodes"] == 2 * len(envs.SPLITS)
+
+    md = (report_dir / "report.md").read_text()
+    for split in envs.SPLITS:
+        for pol in meta["policies"]:
+            assert f"| {split} | {pol} |" in md
+    timing = json.loads((report_dir / "timing.json").read_text())
+    assert timing["episodes"] == len(rows) and timing["wall_s"] > 0
+
+    videos = info["videos"]
+    assert sorted(v["split"] for v in videos) == sorted(envs.SPLITS)  # one per split
+    for v in videos:
+        assert v["policy"] == "rt1"
+        assert (report_dir / v["path"]).stat().st_size > 0
+        assert ("success" if v["success"] else "failure") in v["path"]
+
+
+def test_same_checkpoint_and_seeds_give_the_same_eval_info(
+    report_dir: Path, checkpoint: Path, tmp_path: Path
+):
+    evaluate(str(checkpoint), out_dir=tmp_path, **SMALL)
+    first = (report_dir / "eval_info.json").read_bytes()
+    assert (tmp_path / "eval_info.json").read_bytes() == first
+
+
+def test_oracle_succeeds_on_the_seen_split(tmp_path: Path):
+    # 3 episodes x every task, render-free (the oracle never looks at pixels).
+    report = evaluate(None, splits=["seen"], episodes=3, workers=0, baselines=["oracle"],
+                      out_dir=None, progress=False, env=EnvSettings(image_size=IMAGE_SIZE))
+    oracle = report.aggregate("oracle", split="seen")
+    assert oracle.episodes == 3 * len(envs.TASKS)
+    assert oracle.success_rate >= 0.95, [r for r in report.rows if not r.success]
+
+
+def test_results_do_not_depend_on_the_number_of_workers(tmp_path: Path):
+    kw = dict(tasks=["pick", envs.TASKS[-1]], splits=["seen", "distractors"], episodes=2,
+              baselines=["oracle", "random"], progress=False, plot=False,
+              env=EnvSettings(image_size=IMAGE_SIZE))
+    evaluate(None, workers=0, out_dir=tmp_path / "w0", **kw)
+    evaluate(None, workers=2, out_dir=tmp_path / "w2", **kw)
+    assert (tmp_path / "w0" / "eval_info.json").read_text() == (
+        tmp_path / "w2" / "eval_info.json").read_text()
+
+
+def test_a_checkpoint_that_does_not_fit_the_env_is_refused(checkpoint: Path, tmp_path: Path):
+    with pytest.raises(ValueError, match=r"refusing to evaluate.*image shape.*64.*96"):
+        evaluate(str(checkpoint), tasks=["pick"], splits=["seen"], episodes=1,
+                 env=EnvSettings(image_size=96), out_dir=tmp_path, progress=False)
+    assert not (tmp_path / "eval_info.json").exists()
+
+
+@pytest.mark.parametrize(("key", "value", "named"), [
+    ("fov_deg", 60.0, "camera mismatch"),
+    ("renderer", "egl", "renderer"),
+])
+def test_a_checkpoint_from_another_camera_or_renderer_is_refused(
+    checkpoint: Path, tmp_path: Path, key: str, value: object, named: str
+):
+    other = tmp_path / "other"
+    shutil.copytree(checkpoint, other)
+    env_info = json.loads((other / "env.json").read_text())
+    if key == "renderer":
+        env_info["renderer"] = value
+    env_info["camera"][key] = value
+    (other / "env.json").write_text(json.dumps(env_info))
+    with pytest.raises(ValueError, match=f"refusing to evaluate.*{named}.*{value}"):
+        evaluate(str(other), tasks=["pick"], splits=["seen"], episodes=1, out_dir=None,
+                 progress=False)
+
+
+def test_hydra_shards_merge_into_the_unsharded_report(tmp_path: Path):
+    def run(shard: int, shards: int) -> EvalReport:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="evaluate", overrides=[
+                "eval.tasks=[pick]", "eval.splits=[seen,unseen_object]", "eval.episodes=2",
+                "eval.workers=0", "eval.videos_per_split=0", "eval.baselines=[oracle,random]",
+                f"eval.image_size={IMAGE_SIZE}", "eval.progress=false", "eval.plot=false",
+                f"shard_index={shard}", f"num_shards={shards}"])
+        return instantiate(cfg.eval).run(cfg.checkpoint, tmp_path / f"s{shard}of{shards}")
+
+    whole = run(0, 1)
+    for i in range(3):
+        part = run(i, 3)
+        assert 0 < len(part.rows) < len(whole.rows)
+    merged = merge_dirs([str(tmp_path / f"s{i}of3") for i in range(3)], tmp_path / "merged")
+    assert merged.to_json() == whole.to_json()
+
+
+def test_in_training_evaluation_of_a_live_policy_logs_to_tensorboard(tmp_path: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    policy = tiny_policy().train()
+    rng_before = torch.random.get_rng_state()
+    report = evaluate(policy, tasks=["pick"], splits=["seen"], episodes=1, workers=0,
+                      baselines=[], videos_per_split=1, out_dir=tmp_path / "eval",
+                      progress=False, plot=False)
+    assert policy.training  # handed back in the mode it came in
+    assert torch.equal(torch.random.get_rng_state(), rng_before)  # training's RNG untouched
+    assert [r.policy for r in report.rows] == ["rt1"]
+
+    with SummaryWriter(tmp_path / "tb") as writer:
+        log_report(report, writer, step=7, out_dir=tmp_path / "eval")
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0}).Reload()
+    assert "eval/rt1/success" in acc.Tags()["scalars"]
+    assert acc.Scalars("eval/rt1/split/seen")[0].step == 7
+    gifs = acc.Tags()["images"]
+    assert len(gifs) == 1 and acc.Images(gifs[0])[0].encoded_image_string[:3] == b"GIF"

@@ -1,0 +1,176 @@
+"""Training pieces without a policy: schedule, state files, checkpoint pointers, sampler."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from policy.train import checkpoint as ckpt
+from policy.train.config import OptimConfig, ScheduleConfig, TrainRunConfig
+from policy.train.distributed import DistInfo, default_num_threads
+from policy.train.optim import WarmupCosine, make_optimizer
+from policy.train.sampler import ResumableSampler, batches, make_loader
+from policy.train.state import (
+    Progress,
+    TrainingState,
+    capture_rng,
+    from_tree,
+    load_training_state,
+    restore_rng,
+    save_training_state,
+    to_tree,
+)
+
+
+def test_warmup_then_cosine_to_floor() -> None:
+    f = WarmupCosine(warmup=10, total=110, min_ratio=0.1)
+    assert f(0) == pytest.approx(0.1)
+    assert f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way down the cosine
+    assert f(110) == pytest.approx(0.1)
+    assert f(500) == pytest.approx(0.1)  # past the horizon: stays at the floor
+    lrs = [f(s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+
+
+def test_weight_decay_spares_biases_and_norms() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    opt, _ = make_optimizer(model, OptimConfig(weight_decay=0.05), total_steps=10)
+    decayed, undecayed = opt.param_groups
+    assert decayed["weight_decay"] == 0.05 and [p.shape for p in decayed["params"]] == [(4, 3)]
+    assert undecayed["weight_decay"] == 0.0 and len(undecayed["params"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "message"),
+    [
+        (OptimConfig, {"lr": 0.0}, "optim.lr=0.0"),
+        (OptimConfig, {"min_lr_ratio": 2.0}, "optim.min_lr_ratio=2.0"),
+        (ScheduleConfig, {"steps": 0}, "train.steps=0"),
+        (ScheduleConfig, {"stop_after": 0}, "train.stop_after=0"),
+        (TrainRunConfig, {"device": "tpu"}, "device='tpu'"),
+    ],
+)
+def test_config_checks_name_the_bad_value(cls: type, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        cls(**kwargs)
+
+
+def test_state_tree_keeps_types_without_pickle(tmp_path: Path) -> None:
+    model = nn.Linear(3, 2)
+    opt, sched = make_optimizer(model, OptimConfig(warmup_steps=2), total_steps=5)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    sched.step()
+    state = TrainingState(
+        Progress(step=1, epoch=2, batch_in_epoch=3, best_success=0.5),
+        opt.state_dict(), sched.state_dict(), [capture_rng()],
+    )
+    save_training_state(tmp_path, state)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "tensors.safetensors"]
+    loaded = load_training_state(tmp_path)
+    assert loaded.progress == state.progress
+    assert set(loaded.optimizer["state"]) == {0, 1}  # int keys survive JSON
+    assert loaded.optimizer["param_groups"][0]["betas"] == (0.9, 0.999)  # tuples too
+    for i in (0, 1):
+        for k, v in opt.state_dict()["state"][i].items():
+            assert torch.equal(loaded.optimizer["state"][i][k], v)
+    assert loaded.scheduler == sched.state_dict()
+    expected = (random.random(), np.random.rand(), torch.rand(3))  # noqa: NPY002
+    restore_rng(loaded.rng[0])
+    again = (random.random(), np.random.rand(), torch.rand(3))  # noqa: NPY002
+    assert expected[:2] == again[:2] and torch.equal(expected[2], again[2])
+
+
+def test_state_tree_refuses_unknown_objects() -> None:
+    with pytest.raises(TypeError, match="cannot store object at 'x/0'"):
+        to_tree([object()], "x", {})
+    tree = to_tree({"a": {(1, 2): "pair"}}, "s", {})
+    assert from_tree(json.loads(json.dumps(tree)), {}) == {"a": {(1, 2): "pair"}}
+
+
+class _Saver:
+    """Stands in for a policy: writes one file, like save_pretrained writes several."""
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        (Path(directory) / "model.safetensors").write_bytes(b"w")
+
+
+def _state(step: int) -> TrainingState:
+    return TrainingState(Progress(step=step), {"state": {}, "param_groups": []}, {}, [])
+
+
+def test_checkpoints_pointers_and_pruning_keep_best(tmp_path: Path) -> None:
+    for step in (1, 2, 3, 4):
+        path = ckpt.save_checkpoint(tmp_path, step, _Saver(), {"a": step}, _state(step))
+        if step == 1:
+            ckpt.mark_best(path, step, success=0.75)
+        ckpt.prune(tmp_path / "checkpoints", keep_last=2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["best.json", "last.json", "step_00000001", "step_00000003", "step_00000004"]
+    assert ckpt.read_pointer(tmp_path / "checkpoints") == ckpt.Pointer("step_00000004", 4)
+    assert ckpt.read_pointer(tmp_path / "checkpoints", ckpt.BEST).success == 0.75
+    assert ckpt.resolve_checkpoint(tmp_path).name == "step_00000004"
+    assert ckpt.resolve_checkpoint(tmp_path / "checkpoints").name == "step_00000004"
+    last = tmp_path / "checkpoints" / "step_00000004"
+    assert "a: 4" in (last / "train_config.yaml").read_text()
+    # re-saving an existing step replaces it whole
+    ckpt.save_checkpoint(tmp_path, 4, _Saver(), {"a": 40}, _state(4))
+    assert "a: 40" in (last / "train_config.yaml").read_text()
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_resolve_checkpoint_names_what_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        ckpt.resolve_checkpoint(tmp_path)
+
+
+def test_find_latest_run_by_date_and_time(tmp_path: Path) -> None:
+    for run in ("2026-01-01/23-00-00_rt1", "2026-01-02/01-00-00_rt1", "2026-01-03/00-00-00_gato"):
+        ckpt.save_checkpoint(tmp_path / run, 1, _Saver(), {}, _state(1))
+    (tmp_path / "2026-01-04/00-00-00_rt1").mkdir(parents=True)  # no checkpoint yet
+    assert ckpt.find_latest_run(tmp_path, "rt1") == tmp_path / "2026-01-02/01-00-00_rt1"
+    assert ckpt.find_latest_run(tmp_path, "other") is None
+
+
+def test_pause_hook_rejects_malformed_value(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(ckpt.PAUSE_ENV, "soon")
+    with pytest.raises(ValueError, match="expected 'STEP:SECONDS'"):
+        ckpt.save_checkpoint(tmp_path, 1, _Saver(), {}, _state(1))
+
+
+def test_sampler_resumes_mid_epoch_and_splits_ranks() -> None:
+    data = list(range(10))
+
+    def run(progress: Progress, n: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+        sampler = ResumableSampler(data, world, rank, seed=3, batch_size=2)
+        stream = batches(make_loader(data, sampler, 0, seed=0), sampler, progress)
+        return [next(stream).tolist() for _ in range(n)]
+
+    whole = run(Progress(), 7)  # 5 batches per epoch: crosses into epoch 1
+    assert sorted(sum(whole[:5], [])) == data  # an epoch is a permutation
+    first = Progress()
+    head = run(first, 3)
+    assert (first.epoch, first.batch_in_epoch) == (0, 3)
+    assert head + run(first, 4) == whole  # continuing from the saved position
+    ranks = [sum(run(Progress(), 2, rank=r, world=2), []) for r in (0, 1)]
+    assert not set(ranks[0]) & set(ranks[1])  # each rank sees its own part
+
+
+def test_too_few_samples_for_a_batch_is_an_error() -> None:
+    sampler = ResumableSampler(list(range(3)), 1, 0, seed=0, batch_size=4)
+    with pytest.raises(ValueError, match="fewer than one batch of 4"):
+        next(batches(make_loader(list(range(3)), sampler, 0, 0), sampler, Progress()))
+
+
+def test_threads_shared_between_local_processes() -> None:
+    one = default_num_threads(DistInfo())
+    assert one >= 1
+    assert default_num_threads(DistInfo(world_size=2, local_world_size=2)) == max(1, one // 2)

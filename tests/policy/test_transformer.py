@@ -1,0 +1,48 @@
+"""The shared transformer core: config checks, masks, and the key/value cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from policy.transformer import Transformer, TransformerConfig
+
+
+def test_config_names_the_bad_value() -> None:
+    with pytest.raises(ValueError, match="n_head=3"):
+        TransformerConfig(d_model=32, n_head=3)
+    with pytest.raises(ValueError, match="dropout=1.5"):
+        TransformerConfig(dropout=1.5)
+
+
+def test_token_by_token_with_cache_equals_one_causal_pass() -> None:
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(d_model=32, n_layer=2, n_head=4, dropout=0.0)).eval()
+    x = torch.randn(1, 7, 32)
+    causal = torch.ones(7, 7, dtype=torch.bool).tril()[None, None]
+    full = model(x, causal)
+    cache = model.new_cache()
+    steps = [model(x[:, :3], causal[..., :3, :3], cache)]  # a prefix chunk, then one by one
+    for i in range(3, 7):
+        steps.append(model(x[:, i:i + 1], causal[..., i:i + 1, : i + 1], cache))
+    assert len(cache) == 7
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+
+
+def test_cache_keep_drops_positions() -> None:
+    model = Transformer(TransformerConfig(d_model=16, n_layer=1, n_head=2, dropout=0.0))
+    cache = model.new_cache()
+    model(torch.randn(1, 5, 16), None, cache)
+    cache.keep(torch.tensor([0, 3, 4]))
+    assert len(cache) == 3
+
+
+def test_mask_blocks_information_flow() -> None:
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(d_model=16, n_layer=2, n_head=2, dropout=0.0)).eval()
+    x = torch.randn(1, 4, 16)
+    mask = torch.ones(4, 4, dtype=torch.bool).tril()[None, None]
+    y = x.clone()
+    y[:, 3] = torch.randn(16)  # (a constant shift would vanish in LayerNorm)
+    assert torch.allclose(model(x, mask)[:, :3], model(y, mask)[:, :3], atol=1e-6)
+    assert not torch.allclose(model(x, None)[:, :3], model(y, None)[:, :3])
