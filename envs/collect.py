@@ -466,8 +466,8 @@ def collect(cfg: CollectConfig) -> CollectReport:
                         success=f"{report.success_rate:.0%}", tried=report.attempts)
 
     try:
-        if todo == 0:
-            pass
+        if todo == 0:  # the store already holds cfg.episodes
+            report.workers = []
         elif cfg.workers == 1:
             g, q = local[0]
             report.workers.append(run_worker(cfg, g, q, skip, report=on_progress))

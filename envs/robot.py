@@ -32,7 +32,7 @@ REST_POSE = (0.0, -0.3, 0.0, -2.2, 0.0, 1.9, math.pi / 4)
 JOINT_LOWER = (-2.9, -1.76, -2.9, -3.07, -2.9, -0.02, -2.9)
 JOINT_UPPER = (2.9, 1.76, 2.9, -0.07, 2.9, 3.75, 2.9)
 FINGER_OPEN = 0.04  # m per finger
-GRIPPER_FORCE = 40.0  # N per finger: holds a 100 g object against 1 g lifts
+GRIPPER_FORCE = 100.0  # N per finger: high, so held objects do not pivot in the fingers
 ARM_FORCE = 240.0
 
 
@@ -146,6 +146,12 @@ class Panda:
         st = p.getLinkState(self.body, GRASP_LINK, computeForwardKinematics=1,
                             physicsClientId=self.client)
         return np.asarray(st[4]), np.asarray(st[5])
+
+    def ee_velocity(self) -> np.ndarray:
+        """Linear velocity (m/s, world frame) of the grasp point."""
+        st = p.getLinkState(self.body, GRASP_LINK, computeLinkVelocity=1,
+                            computeForwardKinematics=1, physicsClientId=self.client)
+        return np.asarray(st[6])
 
     def ee_position(self) -> np.ndarray:
         return self.ee_pose()[0]

@@ -8,7 +8,7 @@ Normalized actions live in [-1, 1] per dimension. The env maps them to the robot
 
 | dim       | unit per 1.0          | meaning                                            |
 |-----------|-----------------------|----------------------------------------------------|
-| terminate | flag                  | > 0 ends the episode (success is still judged by the simulator) |
+| terminate | flag                  | > 0 ends the episode (success: simulator state)    |
 | x, y, z   | 0.03 m                | end-effector translation per control step (world frame) |
 | roll, pitch, yaw | 0.25 rad       | end-effector rotation per control step (world frame) |
 | gripper   | absolute command      | > 0 close, <= 0 open                               |

@@ -15,7 +15,8 @@ the saved kind.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -183,8 +184,19 @@ class Policy(nn.Module):
             raise TypeError(f"instruction must be a str; got {type(instruction).__name__}")
         self.instruction = instruction
         if instruction is not None:
-            with torch.inference_mode():
+            with self._acting():
                 self._reset(instruction)
+
+    @contextmanager
+    def _acting(self) -> Iterator[None]:
+        """Eval mode (no dropout) and inference mode for acting; the mode is restored after."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            self.train(was_training)
 
     def select_action(self, observation: Mapping[str, Any]) -> np.ndarray:
         """Observation as the env returns it -> float32 action (A,) in the action spec's units.
@@ -205,13 +217,8 @@ class Policy(nn.Module):
         if tuple(state.shape) != (len(STATE_NAMES),):
             raise ValueError(f"observation state has shape {tuple(state.shape)}; expected "
                              f"({len(STATE_NAMES)},) for {list(STATE_NAMES)}")
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                action = self._act(image.to(self.device), state.to(self.device))
-        finally:
-            self.train(was_training)
+        with self._acting():
+            action = self._act(image.to(self.device), state.to(self.device))
         return action.float().cpu().numpy().astype(np.float32)
 
     # -- batches --------------------------------------------------------------------------

@@ -301,3 +301,54 @@ def run_benchmark(models: dict[str, Any], peer: PeerConfig | None, image_size: i
             result.models.append(ModelResult("lucidrains RT1 (peer)", 0, history, image_size,
                                              note=f"not importable: {err}"))
     return result
+
+
+@dataclass
+class OverfitPoint:
+    step: int
+    seconds: float
+    loss: float
+    acc: float
+
+
+def overfit_store(path: str, name: str, config: Any, episodes: int = 4, steps: int = 300,
+                  lr: float = 5e-3, every: int = 100) -> list[OverfitPoint]:
+    """Memorise the first ``episodes`` recorded episodes of a store with full-batch AdamW.
+
+    The learning path end to end on real data: store -> EpisodeDataset -> batch -> policy.
+    Augmentation should be off in ``config`` (memorisation, not generalisation).
+    """
+    from torch.utils.data import default_collate
+
+    from policy.data import EpisodeDataset
+
+    ds = EpisodeDataset(path, history=config.history, in_memory=True)
+    items: list[dict[str, Any]] = []
+    starts = 0
+    for i in range(len(ds)):
+        item = ds[i]
+        # every episode's first window is padded (when history > 1) or starts a new episode
+        starts += int(bool(item["pad"][0])) if config.history > 1 else int(i == 0)
+        if starts > episodes:
+            break
+        items.append(item)
+    batch = default_collate(items)
+    torch.manual_seed(0)
+    policy = make_policy(config, ds.action_spec, ds.info, ds.stats)
+    opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
+    points, start = [], time.perf_counter()
+    for step in range(1, steps + 1):
+        policy.train()
+        loss, _ = policy(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % every == 0:
+            policy.eval()
+            with torch.no_grad():
+                _, metrics = policy(batch)
+            points.append(OverfitPoint(step, time.perf_counter() - start, metrics["loss"],
+                                       metrics["acc"]))
+            print(f"{name}: {len(items)} samples, step {step}, {points[-1].seconds:.0f} s, "
+                  f"loss {metrics['loss']:.3f}, token accuracy {metrics['acc']:.3f}", flush=True)
+    return points

@@ -293,7 +293,7 @@ class GatoPolicy(Policy):
         n_text = self._text.shape[1]
         logits, tokens = [], []
         current = obs
-        for i in range(self.n_actions + 1):
+        for i in range(self.n_actions):
             x = torch.cat([prefix, current], dim=1)
             steps = torch.cat([
                 torch.full((n_text,), TEXT_STEP, dtype=torch.long),
@@ -303,8 +303,6 @@ class GatoPolicy(Policy):
             valid = torch.ones(1, x.shape[1], dtype=torch.bool, device=x.device)
             h = self.transformer(x, window_mask(steps, pos, steps, pos, valid,
                                                 self.config.history))
-            if i == self.n_actions:
-                break
             logits.append(self.head(h[0, -1]))
             tokens.append(logits[-1].argmax())
             current = torch.cat([current, self.action_tokens(tokens[-1].view(1, 1), first=i)],

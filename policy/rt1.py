@@ -2,7 +2,7 @@
 
 Per frame: the camera image (resized to 64 px by default) goes through an EfficientNet-style
 conv net whose blocks are FiLM-conditioned on the instruction's sentence embedding (by default
-EfficientNetV2's Fused-MBConv blocks, which train ~2x faster on a CPU than depthwise MBConv;
+EfficientNetV2's Fused-MBConv blocks, which trained 1.3x faster on a CPU than depthwise MBConv;
 docs/results/policy.md), TokenLearner pools it to 8 tokens, and one proprioceptive-state token
 is added (FINDINGS.md). A history of T frames of those tokens is read by a decoder-only
 transformer whose mask is causal over frames (every token of frame t sees all tokens of frames
@@ -52,7 +52,7 @@ class RT1Config:
     conv_strides: tuple[int, ...] = (2, 2, 1)  # stride of each stage after the stride-2 stem
     conv_blocks: int = 1  # MBConv blocks per stage
     conv_expand: int = 2  # MBConv expansion ratio (EfficientNet uses 6; 2 is CPU-friendly)
-    conv_fused_stages: int = 3  # leading stages of Fused-MBConv (EfficientNetV2): 2x faster
+    conv_fused_stages: int = 3  # leading Fused-MBConv stages (EfficientNetV2): 1.3x faster
     image_tokens: int = 8  # TokenLearner tokens per frame (RT-1: 8)
     use_state: bool = True  # one end-effector-state token per frame
     d_model: int = 128

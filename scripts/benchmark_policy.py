@@ -3,23 +3,34 @@
 Batch-1 acting latency (median, p99) and training samples/s of the default RT-1 and Gato,
 beside lucidrains' robotic-transformer-pytorch RT1 in the same run (issue 4); see
 conf/benchmark_policy.yaml for the settings and policy/benchmark.py for what is timed.
+With `overfit.store=PATH` it instead memorises a store's first episodes with each model
+(the learning path end to end on recorded data).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from policy.benchmark import run_benchmark
+from policy.benchmark import overfit_store, run_benchmark
 
 
 @hydra.main(config_path="../conf", config_name="benchmark_policy", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     models = {name: instantiate(c) for name, c in cfg.models.items()}
+    if cfg.overfit.store:
+        torch.set_num_threads(cfg.threads)
+        for name, config in models.items():
+            config = dataclasses.replace(config, augment_shift=0)
+            overfit_store(cfg.overfit.store, name, config, cfg.overfit.episodes,
+                          cfg.overfit.steps, cfg.overfit.lr)
+        return
     peer = instantiate(cfg.peer.model) if cfg.peer.enabled else None
     result = run_benchmark(models, peer, image_size=cfg.image_size, threads=cfg.threads,
                            act_calls=cfg.act_calls, peer_act_calls=cfg.peer.act_calls,

@@ -172,9 +172,13 @@ class Task:
         return max(centre[2], env.table_z + 0.015)
 
     def holding(self, env: TabletopEnv, obj: SpawnedObject) -> bool:
-        """Both fingers touch `obj` and the gripper is closed onto it."""
-        return (env.robot.holds(obj.body) and env.robot.gripper_closed
-                and env.robot.gripper_width() < obj.grasp_width + 0.01)
+        """Both fingers touch `obj` while the gripper is commanded closed.
+
+        Deliberately not conditioned on the expected grasp width: an object knocked onto
+        another face is still held, just wider, and waiting for a width that never comes
+        would stall the oracle.
+        """
+        return env.robot.holds(obj.body) and env.robot.gripper_closed
 
     def grasp_step(self, env: TabletopEnv, obj: SpawnedObject) -> np.ndarray:
         """One oracle step toward grasping `obj` (call while it is not held)."""

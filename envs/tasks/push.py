@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 PUSH_Z = 0.02  # m above the table of the grasp point while pushing (fingertips ~1 cm up)
 MARGIN = 0.05  # m: the object starts this far (at least) before its goal line
 TABLE_CENTRE = np.array([0.49, 0.0])  # m, middle of the objects' region
+DISTRACTOR_REGION = ((0.33, 0.66), (-0.24, 0.24))  # m, x and y ranges
 
 
 @dataclass(frozen=True)
@@ -63,12 +64,12 @@ class PushTask(Task):
         self.side = SIDES[int(env.np_random.integers(len(SIDES)))]
         d, c = self.draw_combo(env, env.split.target_combos)
         u = np.asarray(self.side.direction)
-        # The object starts 5-10 cm before the goal line, up to 6 cm off the table's centre
+        # The object starts 5-10 cm before the goal line, up to 4 cm off the table's centre
         # line along the push.
         across = np.array([-u[1], u[0]])
         gap = env.np_random.uniform(MARGIN, 0.1)
         xy = (TABLE_CENTRE - u * float(TABLE_CENTRE @ u) + u * (self.side.threshold - gap)
-              + across * env.np_random.uniform(-0.06, 0.06))
+              + across * env.np_random.uniform(-0.04, 0.04))
         target = self.spawn_all(env, [Placement(d, c, d.footprint_radius)],
                                 region=((xy[0], xy[0]), (xy[1], xy[1])))[0]
         # Distractors stay out of the corridor the push sweeps (and the approach behind it).
@@ -81,29 +82,35 @@ class PushTask(Task):
     def _spawn_outside(self, env: TabletopEnv, rest: list[Placement],
                        corridor: tuple[np.ndarray, np.ndarray], target: SpawnedObject
                        ) -> list[SpawnedObject]:
+        """Spawn distractors clear of the push corridor, anywhere the camera sees (the
+        corridor takes most of the usual region, so this one is wider)."""
         start, u = corridor
-        (x0, x1), (y0, y1) = env.table_region
-        taken = [(start[0], start[1], target.definition.footprint_radius)]
-        chosen: list[tuple[float, float]] = []
-        for pl in rest:
-            for _ in range(300):
-                x, y = env.np_random.uniform(x0, x1), env.np_random.uniform(y0, y1)
-                rel = np.array([x, y]) - start
-                along = float(rel @ u)
-                lateral = abs(float(rel[0] * u[1] - rel[1] * u[0]))
-                in_corridor = -0.15 < along < 0.25 and lateral < pl.radius + 0.06
-                if not in_corridor and all(math.hypot(x - a, y - b) > pl.radius + r + 0.01
-                                           for a, b, r in taken):
-                    taken.append((x, y, pl.radius))
-                    chosen.append((x, y))
+        (x0, x1), (y0, y1) = DISTRACTOR_REGION
+        r_t = target.definition.footprint_radius
+        for _ in range(30):  # whole-layout retries: greedy placement can corner itself
+            taken = [(float(start[0]), float(start[1]), r_t)]
+            for pl in rest:
+                for _ in range(100):
+                    x, y = env.np_random.uniform(x0, x1), env.np_random.uniform(y0, y1)
+                    rel = np.array([x, y]) - start
+                    along = float(rel @ u)
+                    lateral = abs(float(rel[0] * u[1] - rel[1] * u[0]))
+                    # Clear of the fingers' approach behind the object (5 cm) and of its
+                    # path ahead (at most 10 cm to the goal line, plus a 2 cm overshoot);
+                    # the hand itself passes well above every object.
+                    r = r_t + pl.radius
+                    in_corridor = -(r + 0.05) < along < r + 0.12 and lateral < r + 0.01
+                    if not in_corridor and all(math.hypot(x - a, y - b) > pl.radius + rb + 0.01
+                                               for a, b, rb in taken):
+                        taken.append((x, y, pl.radius))
+                        break
+                else:
                     break
             else:
-                raise ValueError(f"impossible scene: cannot place {len(rest)} distractors "
-                                 f"outside the push corridor of {target.name}")
-        out = []
-        for pl, (x, y) in zip(rest, chosen, strict=True):
-            out += self.spawn_all(env, [pl], region=((x, x), (y, y)))
-        return out
+                return [self.spawn_all(env, [pl], region=((x, x), (y, y)))[0]
+                        for pl, (x, y, _) in zip(rest, taken[1:], strict=True)]
+        raise ValueError(f"impossible scene: cannot place {len(rest)} distractors outside "
+                         f"the push corridor of the {target.name}")
 
     def _reach(self, env: TabletopEnv) -> float:
         """Distance (m) from the object's centre to its back face along the push (from the

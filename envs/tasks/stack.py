@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pybullet as p
 
 from envs.catalog import SpawnedObject, object_position
 from envs.tasks.base import Placement
@@ -55,6 +56,8 @@ class StackTask(TransportTask):
         x = object_position(env.client, self.target)
         y = object_position(env.client, self.base)
         centred = float(np.linalg.norm(x[:2] - y[:2])) < CENTRED
-        resting_on = x[2] - self.target.half_height > self._base_top(env) - 0.01
+        # The current AABB bottom: an object turned in the grasp has a new height.
+        bottom = p.getAABB(self.target.body, physicsClientId=env.client)[0][2]
+        resting_on = bottom > self._base_top(env) - 0.01
         base_upright = y[2] < env.table_z + self.base.half_height + 0.005
         return centred and resting_on and base_upright and x[2] < self.release_z(env) + 0.02

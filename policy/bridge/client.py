@@ -15,6 +15,7 @@ for is refused at connect with an error naming the first difference.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import time
 from dataclasses import dataclass
@@ -72,6 +73,12 @@ def _as_spec_dict(spec: Any) -> dict[str, Any]:
     return spec
 
 
+# A robot talks to its server directly, never through HTTP(S)_PROXY from the environment;
+# websockets >= 15 would otherwise honour it (older versions have no `proxy` argument).
+_NO_PROXY: dict[str, Any] = (
+    {"proxy": None} if "proxy" in inspect.signature(connect).parameters else {})
+
+
 class BridgeClient:
     """A synchronous connection to a bridge server (one robot, one episode at a time)."""
 
@@ -86,8 +93,8 @@ class BridgeClient:
             self._ws: ClientConnection = connect(
                 url, additional_headers=headers, open_timeout=open_timeout_s,
                 compression=None,  # the server does not compress; skip the negotiation
-                proxy=None,  # a robot talks to its server directly, never via HTTP_PROXY
-                max_size=None)  # the server bounds its replies; do not fail on a big metadata
+                max_size=None,  # the server bounds its replies; do not fail on a big metadata
+                **_NO_PROXY)
             # We hold the connection across calls instead of in a `with` block; entering it
             # marks it as managed (websockets >= 17 warns otherwise), and works on 13+ too.
             self._ws.__enter__()

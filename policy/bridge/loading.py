@@ -87,7 +87,10 @@ def load_served_policy(checkpoint: str | Path, warmup_steps: int = 3,
     policy = Policy.from_pretrained(checkpoint)
     factory = SessionFactory(policy)
     if warmup_steps > 0:
-        ms = warm_up(factory(), warmup_steps)
+        # On the loaded instance itself, which lives as long as the server anyway: the first
+        # call loads the text model, and that load keeps the calling frames (and so the
+        # policy object they hold) referenced; a throw-away session would be kept alive.
+        ms = warm_up(policy, warmup_steps)
         log.info("warmed up %s policy: last of %d steps took %.1f ms", policy.kind,
                  warmup_steps, ms)
     env_info: dict[str, Any] = dict(policy.env_info)

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import protocol as P
-from .client import BridgeClient, BridgeTimeout
+from .client import ActionSpecMismatch, BridgeClient, BridgeTimeout
 
 
 class Robot(Protocol):
@@ -218,7 +218,7 @@ def run_sim_robot(url: str, *, token: str | None = None, task: str = "pick",
             problem = P.action_spec_mismatch(bridge.metadata.action_spec,
                                              described["action_spec"])
             if problem:
-                raise ValueError(f"server's action spec does not fit the env: {problem}")
+                raise ActionSpecMismatch(f"server's action spec does not fit the env: {problem}")
             served_camera = bridge.metadata.extra.get("camera")
             # Compare as JSON: the env gives tuples where the wire carries lists.
             if served_camera is not None and (json.loads(json.dumps(served_camera))

@@ -34,8 +34,11 @@ def find_shard_dirs(paths: str | Sequence[str]) -> list[Path]:
 
 
 def merge_dirs(paths: str | Sequence[str], out_dir: str | Path) -> EvalReport:
-    """Merge the shard reports under `paths` into one report written to `out_dir`; video
-    paths are rewritten relative to `out_dir` (the files stay in the shard directories)."""
+    """Merge the shard reports under `paths` into one report written to `out_dir`.
+
+    Each shard chose its videos among its own episodes, so the merged report lists every
+    shard's videos; their paths are rewritten relative to `out_dir` (the files stay in the
+    shard directories)."""
     dirs = find_shard_dirs(paths)
     out = Path(out_dir).resolve()
     reports = []

@@ -16,14 +16,14 @@ from typing import Any
 from envs.spec import EVAL_SEED_START
 from policy.evaluation.actors import BASELINES
 from policy.evaluation.results import EvalReport
-from policy.evaluation.runner import EnvSettings, evaluate
+from policy.evaluation.runner import TRAINED, EnvSettings, evaluate
 
 
 @dataclass
 class EvalConfig:
     """Which episodes to run, how, and what to write (see `evaluate` for the semantics)."""
 
-    tasks: Sequence[str] | None = None  # None: every task in envs.TASKS
+    tasks: Sequence[str] | str | None = None  # None: every task; "trained": the checkpoint's
     splits: Sequence[str] | None = None  # None: every split in envs.SPLITS
     episodes: int = 10  # per (task, split)
     seed_start: int | None = None  # None: envs.spec.EVAL_SEED_START
@@ -62,7 +62,11 @@ class EvalConfig:
                 "expected 0 <= shard_index < num_shards"
             )
         # OmegaConf hands lists over as ListConfig: keep plain lists for pickling to workers.
-        self.tasks = list(self.tasks) if self.tasks else None
+        if isinstance(self.tasks, str):
+            if self.tasks != TRAINED:
+                raise ValueError(f"eval.tasks={self.tasks!r}; expected a list, null or {TRAINED!r}")
+        else:
+            self.tasks = list(self.tasks) if self.tasks else None
         self.splits = list(self.splits) if self.splits else None
         self.baselines = list(self.baselines)
         self.split_overrides = dict(self.split_overrides) if self.split_overrides else None

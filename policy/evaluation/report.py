@@ -26,7 +26,7 @@ def write_report(report: EvalReport, out_dir: str | Path, plot: bool = True) -> 
     info_path.write_text(report.to_json())
     (out / TIMING).write_text(json.dumps(report.timing, indent=2, sort_keys=True) + "\n")
     (out / REPORT_MD).write_text(markdown_report(report))
-    if plot:
+    if plot and report.aggregates:  # a shard can be empty when shards outnumber episodes
         plot_report(report, out / REPORT_PNG)
     return info_path
 
@@ -53,13 +53,13 @@ def markdown_report(report: EvalReport) -> str:
         ("env version", "env_version"),
         ("episodes per task x split", "episodes_per_cell"),
         ("first seed", "seed_start"),
-        ("shard", "shard_index"),
     ):
         if key in meta:
-            value = meta[key]
-            if key == "shard_index":
-                value = f"{meta['shard_index']} of {meta.get('num_shards', 1)}"
-            lines.append(f"- {label}: `{value}`")
+            lines.append(f"- {label}: `{meta[key]}`")
+    if meta.get("num_shards", 1) > 1:
+        # A shard's report covers only its share of the episodes: say so at the top.
+        lines.append(f"- shard: `{meta['shard_index']} of {meta['num_shards']}` (partial; "
+                     "merge the shards for the full report)")
     lines += [
         "- cells: success rate [Wilson 95% interval] (n episodes); success = the simulator's "
         "`is_success` at the episode's end (terminate or step limit)",

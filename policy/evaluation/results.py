@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from policy.evaluation.episodes import EpisodeSpec
+from policy.evaluation.episodes import EpisodeSpec, plan_episodes
 from policy.evaluation.stats import Aggregate, aggregate_groups
 
 EVAL_INFO = "eval_info.json"
@@ -222,8 +222,6 @@ def merge_reports(reports: Iterable[EvalReport], require_complete: bool = True) 
     meta["shard_index"], meta["num_shards"] = 0, 1
     merged = EvalReport(rows=rows, meta=meta, videos=[v for rep in reports for v in rep.videos])
     if require_complete and "episodes_per_cell" in meta:
-        from policy.evaluation.episodes import plan_episodes
-
         plan = plan_episodes(
             meta["policies"], meta["tasks"], meta["splits"], meta["episodes_per_cell"],
             meta["seed_start"],

@@ -2,10 +2,8 @@
 
 The plan (policies x tasks x splits x episodes, seeds from `episodes.py`) is cut to this
 shard, then run either in this process (`workers=0`, what training uses between steps) or in
-`workers` spawned processes. Each worker sets one torch thread (FINDINGS.md: two processes
-with two threads each on two cores ran 17x slower), loads the checkpoint itself (nothing
-big crosses a pipe), and keeps one env per (task, split). Results are sorted back into the
-plan's order, so neither the worker count nor the finishing order can change eval_info.json.
+`workers` spawned processes (pool.py). Results are sorted back into the plan's order, so
+neither the worker count nor the finishing order can change eval_info.json.
 
 Videos are made after the main pass: per split, half successes and half failures are
 chosen from the rows, and those episodes are replayed with frames kept (same seed, same
@@ -17,24 +15,22 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import multiprocessing as mp
 import tempfile
 import time
 import warnings
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from envs.spec import DEFAULT_ACTION_SPEC, EVAL_SEED_START, ActionSpec
-from policy.evaluation.actors import BASELINES, make_baseline
-from policy.evaluation.compat import check_compatible, read_checkpoint_env
-from policy.evaluation.episodes import EpisodeSpec, plan_episodes, shard
+from envs.spec import EVAL_SEED_START
+from policy.evaluation.actors import BASELINES
+from policy.evaluation.compat import read_checkpoint_env
+from policy.evaluation.episodes import plan_episodes, shard
+from policy.evaluation.pool import EpisodePool, EpisodeRunner, WorkerSetup, load_policy
 from policy.evaluation.report import write_report
 from policy.evaluation.results import EpisodeResult, EvalReport, VideoRecord
-from policy.evaluation.rollout import Rollout, run_episode
-from policy.evaluation.video import write_video
 
 CHECKPOINT_WEIGHTS = "model.safetensors"
 
@@ -72,16 +68,6 @@ class EnvSettings:
         return kw
 
 
-@dataclass(frozen=True)
-class WorkerSetup:
-    """What a worker needs to build its envs and load its policy: small and picklable."""
-
-    checkpoint: str | None  # None: baselines only
-    policy_name: str
-    env_kwargs: dict = field(default_factory=dict)
-    out_dir: str = "."
-    fps: int = 10
-
 
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -90,11 +76,6 @@ def _file_sha256(path: Path) -> str:
             digest.update(chunk)
     return digest.hexdigest()
 
-
-def _load_policy(checkpoint: str) -> Any:
-    from policy import Policy
-
-    return Policy.from_pretrained(checkpoint)
 
 
 def _default_policy_name(policy: Any) -> str:
@@ -117,101 +98,22 @@ def _trained_camera(trained: dict) -> dict:
     return camera
 
 
-class EpisodeRunner:
-    """Runs episodes of one worker: envs cached per (task, split), the policy loaded once."""
 
-    def __init__(self, setup: WorkerSetup, policy: Any = None) -> None:
-        self.setup = setup
-        self.policy = policy
-        if policy is None and setup.checkpoint is not None:
-            self.policy = _load_policy(setup.checkpoint)
-        self._envs: dict[tuple[str, str], Any] = {}
-
-    def env(self, task: str, split: str, render: bool = True) -> Any:
-        """The worker's env for (task, split); `render=False` gives a render-free one (black
-        images) for baselines, which never look at pixels: rendering is most of a step's
-        cost (FINDINGS.md) and physics does not depend on it."""
-        key = (task, split, render)
-        if key not in self._envs:
-            import envs
-
-            env = envs.make_env(task=task, split=split, render_mode="rgb_array",
-                                skip_render=not render, **self.setup.env_kwargs)
-            if self.policy is not None and render:
-                check_compatible(self.policy, env.unwrapped.describe(),
-                                 where=f"task={task!r}, split={split!r}")
-            self._envs[key] = env
-        return self._envs[key]
-
-    def _is_policy(self, spec: EpisodeSpec) -> bool:
-        return spec.policy == self.setup.policy_name and self.policy is not None
-
-    def _actor(self, spec: EpisodeSpec, env: Any) -> Any:
-        if self._is_policy(spec):
-            return self.policy
-        desc = env.unwrapped.describe()
-        action_spec = (ActionSpec.from_dict(desc["action_spec"]) if "action_spec" in desc
-                       else DEFAULT_ACTION_SPEC)
-        return make_baseline(spec.policy, env, action_spec, spec.seed)
-
-    def run(self, spec: EpisodeSpec, video: bool = False) -> tuple[EpisodeResult, str | None]:
-        env = self.env(spec.task, spec.split, render=video or self._is_policy(spec))
-        actor = self._actor(spec, env)
-        if self._is_policy(spec):
-            rollout = self._run_policy(env, actor, spec, video)
-        else:
-            rollout = run_episode(env, actor, spec, record=video)
-        path = None
-        if video:
-            r = rollout.result
-            outcome = "success" if r.success else "failure"
-            rel = Path("videos") / r.policy / r.split / f"{r.task}_seed{r.seed}_{outcome}.mp4"
-            write_video(rollout.frames, Path(self.setup.out_dir) / rel, caption=r.instruction,
-                        footer=f"{outcome} | {r.policy} | {r.task} / {r.split} | seed {r.seed}",
-                        fps=self.setup.fps)
-            path = rel.as_posix()
-        return rollout.result, path
-
-    @staticmethod
-    def _run_policy(env: Any, policy: Any, spec: EpisodeSpec, video: bool) -> Rollout:
-        import torch
-
-        is_module = isinstance(policy, torch.nn.Module)
-        was_training = is_module and policy.training
-        # fork_rng: a policy that samples is seeded by the episode, without disturbing the
-        # caller's RNG (training calls this between its own steps).
-        with torch.random.fork_rng(devices=[]), torch.inference_mode():
-            torch.manual_seed(spec.seed)
-            if is_module:
-                policy.eval()
-            try:
-                return run_episode(env, policy, spec, record=video)
-            finally:
-                if was_training:
-                    policy.train()
-
-    def close(self) -> None:
-        for env in self._envs.values():
-            env.close()
-        self._envs.clear()
+TRAINED = "trained"  # tasks="trained": the tasks the checkpoint's training data held
 
 
-# One runner per worker process, built by the pool's initializer.
-_RUNNER: EpisodeRunner | None = None
-
-
-def _init_worker(setup: WorkerSetup) -> None:
-    if setup.checkpoint is not None:  # baseline-only workers never import torch
-        import torch
-
-        torch.set_num_threads(1)
-    global _RUNNER
-    _RUNNER = EpisodeRunner(setup)
-
-
-def _run_in_worker(job: tuple[EpisodeSpec, bool]) -> tuple[EpisodeResult, str | None]:
-    assert _RUNNER is not None, "worker used before _init_worker"
-    return _RUNNER.run(*job)
+def _trained_tasks(trained: dict | None) -> list[str]:
+    """The tasks a checkpoint was trained on, from its env.json: an episode store's info
+    lists them under "tasks"; an env's describe() names one "task"."""
+    if isinstance(trained, dict):
+        if isinstance(trained.get("tasks"), list) and trained["tasks"]:
+            return [str(t) for t in trained["tasks"]]
+        if isinstance(trained.get("task"), str):
+            return [trained["task"]]
+    raise ValueError(
+        f"tasks={TRAINED!r} needs a checkpoint whose env.json names its training tasks "
+        f"('tasks' or 'task'); got keys {sorted(trained) if isinstance(trained, dict) else None}"
+    )
 
 
 def select_videos(rows: Sequence[EpisodeResult], policy: str, per_split: int,
@@ -235,7 +137,7 @@ def select_videos(rows: Sequence[EpisodeResult], policy: str, per_split: int,
 
 def evaluate(
     policy_factory: Any,
-    tasks: Sequence[str] | None = None,
+    tasks: Sequence[str] | str | None = None,
     splits: Sequence[str] | None = None,
     episodes: int = 10,
     seed_start: int = EVAL_SEED_START,
@@ -254,18 +156,14 @@ def evaluate(
     """Evaluate a policy and baselines on every task x split; write the report to `out_dir`.
 
     `policy_factory`: a checkpoint directory (str or Path), a policy object (e.g. the model
-    being trained), or None for baselines only. `episodes`: per (task, split). `workers=0`
-    runs in this process. `out_dir=None` writes nothing (videos are then skipped).
+    being trained), or None for baselines only. `tasks`: None for every task, or "trained"
+    for the tasks in the checkpoint's training data. `episodes`: per (task, split).
+    `workers=0` runs in this process. `out_dir=None` writes nothing (videos are then skipped).
     """
     import envs
 
     t0 = time.perf_counter()
-    tasks = list(tasks) if tasks else list(envs.TASKS)
     splits = list(splits) if splits else list(envs.SPLITS)
-    for name, values, known in (("task", tasks, envs.TASKS), ("split", splits, envs.SPLITS)):
-        unknown = [v for v in values if v not in known]
-        if unknown:
-            raise ValueError(f"unknown {name}(s) {unknown}; expected some of {list(known)}")
     bad = [b for b in baselines if b not in BASELINES]
     if bad:
         raise ValueError(f"unknown baseline(s) {bad}; expected some of {list(BASELINES)}")
@@ -285,11 +183,20 @@ def evaluate(
         meta["checkpoint_sha256"] = _file_sha256(weights) if weights.is_file() else None
         # Load once here too: a broken checkpoint should fail before workers spawn, and the
         # name of the policy row comes from it.
-        policy_obj = _load_policy(checkpoint)
+        policy_obj = load_policy(checkpoint)
     elif policy_factory is not None:
         policy_obj = policy_factory
         trained_env = getattr(policy_obj, "env_info", None)
         meta["checkpoint"] = None
+    if isinstance(tasks, str):
+        if tasks != TRAINED:
+            raise ValueError(f"tasks={tasks!r}; expected a list of tasks, None or {TRAINED!r}")
+        tasks = _trained_tasks(trained_env)
+    tasks = list(tasks) if tasks else list(envs.TASKS)
+    for name, values, known in (("task", tasks, envs.TASKS), ("split", splits, envs.SPLITS)):
+        unknown = [v for v in values if v not in known]
+        if unknown:
+            raise ValueError(f"unknown {name}(s) {unknown}; expected some of {list(known)}")
     name = policy_name or (_default_policy_name(policy_obj) if policy_obj is not None else None)
     if name is not None and name in BASELINES:
         raise ValueError(f"policy_name {name!r} clashes with a baseline; choose another name")
@@ -329,7 +236,7 @@ def evaluate(
                     shard_index=shard_index, num_shards=num_shards)
         meta = json.loads(json.dumps(meta))  # JSON-able now, not when writing fails later
 
-        run = _Runner(local, setup, workers, stack)
+        run = EpisodePool(local, setup, workers, stack)
         t1 = time.perf_counter()
         rows = run.map([(s, False) for s in plan], progress, "evaluate")
         t2 = time.perf_counter()
@@ -371,53 +278,3 @@ def evaluate(
     return report
 
 
-class _Runner:
-    """Maps jobs over the in-process runner or a lazily started spawn pool."""
-
-    def __init__(self, local: EpisodeRunner, setup: WorkerSetup, workers: int,
-                 stack: ExitStack) -> None:
-        self.local, self.setup, self.workers, self.stack = local, setup, workers, stack
-        self.pool: Any = None
-        self._failed = False
-
-    def map(self, jobs: list[tuple[EpisodeSpec, bool]], progress: bool,
-            desc: str) -> list[tuple[EpisodeResult, str | None]]:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(jobs), desc=desc, unit="ep", disable=not progress)
-        with bar:
-            if self.workers == 0:
-                out = []
-                for job in jobs:
-                    out.append(self.local.run(*job))
-                    bar.update()
-                return out
-            if self.pool is None:
-                # spawn: a fork would copy the parent's torch threads and PyBullet clients.
-                ctx = mp.get_context("spawn")
-                self.pool = ctx.Pool(self.workers, initializer=_init_worker,
-                                     initargs=(self.setup,))
-                self.stack.callback(self._shutdown)
-            results: dict[int, tuple[EpisodeResult, str | None]] = {}
-            try:
-                for i, res in self.pool.imap_unordered(_indexed, list(enumerate(jobs))):
-                    results[i] = res
-                    bar.update()
-            except BaseException:
-                self._failed = True
-                raise
-            return [results[i] for i in range(len(jobs))]
-
-    def _shutdown(self) -> None:
-        # close + join lets workers exit normally (closing their PyBullet clients and the
-        # text encoder's semaphores); terminate only when something went wrong.
-        if self._failed:
-            self.pool.terminate()
-        else:
-            self.pool.close()
-        self.pool.join()
-
-
-def _indexed(item: tuple[int, tuple[EpisodeSpec, bool]]) -> tuple[int, Any]:
-    i, job = item
-    return i, _run_in_worker(job)

@@ -6,9 +6,10 @@ Layout (DESIGN.md, CONTRACTS.md "Training"):
         step_00000500/          what Policy.save_pretrained writes (model.safetensors,
                                 config.json, action_spec.json, stats.json, env.json)
                                 + train_config.yaml (resolved) + training_state/
-                                + eval.json after an in-training evaluation
+                                + eval/ (report, videos) after an in-training evaluation
         last.json               {"checkpoint": "step_00000500", "step": 500}
         best.json               {"checkpoint": ..., "step": ..., "success": ...}
+        last, best              relative symlinks to the same directories (where supported)
 
 A checkpoint is assembled in a hidden `.tmp-*` directory and published by one rename, and
 pointers are replaced by rename too, so a process killed at any moment (SIGKILL, OOM,
@@ -34,7 +35,6 @@ LAST = "last.json"
 BEST = "best.json"
 TRAIN_CONFIG = "train_config.yaml"
 TRAINING_STATE = "training_state"
-EVAL_JSON = "eval.json"
 _TMP_PREFIX = ".tmp-"
 # Test hook: "STEP:SECONDS" makes the write of checkpoint STEP sleep SECONDS once it is fully
 # in its temp dir, before the rename publishes it, with a `.paused` marker inside, so a
@@ -58,6 +58,21 @@ class Pointer:
 
 def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"
+
+
+def _point(checkpoints_dir: Path, which: str, data: dict[str, Any]) -> None:
+    """Write pointer `which` (LAST or BEST) and its symlink twin (`last` -> step_..., so that
+    `<run>/checkpoints/last` can be passed wherever a checkpoint directory is expected)."""
+    _write_json_atomic(checkpoints_dir / which, data)
+    link = checkpoints_dir / Path(which).stem
+    tmp = checkpoints_dir / f"{_TMP_PREFIX}{link.name}.{os.getpid()}"
+    try:
+        if tmp.is_symlink():
+            tmp.unlink()
+        os.symlink(data["checkpoint"], tmp, target_is_directory=True)  # relative target
+        os.replace(tmp, link)
+    except OSError:
+        pass  # no symlinks here (e.g. Windows without the privilege): the json suffices
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -121,14 +136,14 @@ def save_checkpoint(
         shutil.rmtree(trash)
     else:
         os.replace(tmp, final)
-    _write_json_atomic(ckpts / LAST, {"checkpoint": name, "step": step})
+    _point(ckpts, LAST, {"checkpoint": name, "step": step})
     return final
 
 
 def mark_best(checkpoint_dir: Path, step: int, success: float) -> None:
     """Point `best` at `checkpoint_dir` (a published checkpoint) with its success rate."""
-    _write_json_atomic(
-        checkpoint_dir.parent / BEST,
+    _point(
+        checkpoint_dir.parent, BEST,
         {"checkpoint": checkpoint_dir.name, "step": step, "success": success},
     )
 
@@ -153,7 +168,7 @@ def remove_stale_temps(checkpoints_dir: Path) -> list[Path]:
     """Delete leftovers of writes that were killed before their rename."""
     stale = list(checkpoints_dir.glob(f"{_TMP_PREFIX}*")) if checkpoints_dir.is_dir() else []
     for p in stale:
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     return stale
 
 

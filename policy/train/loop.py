@@ -239,6 +239,10 @@ def train(
                 log.warning("learning-rate schedule changed on resume: %s -> %s", fn, wanted)
                 vars(fn).update(vars(wanted))
         progress = state.progress
+        # the checkpoint was saved before its own evaluation: best.json is the latest word
+        best = ckpt.read_pointer(resume_from.parent, ckpt.BEST)
+        if best is not None:
+            progress.best_success, progress.best_checkpoint = best.success, best.checkpoint
         if progress.world_size == info.world_size and len(state.rng) == info.world_size:
             restore_rng(state.rng[info.rank])
         else:

@@ -6,6 +6,7 @@ SIGTERM exiting 0, and a non-loopback bind without a token refused at start-up.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -158,6 +160,30 @@ def test_gato_sessions_over_bridge_equal_in_process(tmp_path: Path, env_info: di
         finally:
             for c in clients.values():
                 c.close()
+
+
+def test_rt1_session_is_freed_when_its_robot_drops(served_rt1: ServerThread) -> None:
+    server = served_rt1.server
+    deadline = time.monotonic() + 5
+    while server.active_sessions and time.monotonic() < deadline:
+        time.sleep(0.01)
+    client = BridgeClient(served_rt1.url)
+    client.reset("pick up the block")
+    client.act(observations(5, 1)[0])
+    (connection,) = server._connections.values()
+    session = weakref.ref(connection.session)
+    del connection
+    gc.disable()  # freed by reference counting, not left for a garbage-collector pass
+    try:
+        client._ws.socket.close()  # vanish without a closing handshake, like a crashed robot
+        deadline = time.monotonic() + 5
+        while ((server.active_sessions or session() is not None)
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
+        assert server.active_sessions == 0
+        assert session() is None
+    finally:
+        gc.enable()
 
 
 def test_sessions_share_the_loaded_weights(checkpoint: Path) -> None:

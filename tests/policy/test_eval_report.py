@@ -125,9 +125,11 @@ def test_eval_configs_compose_and_instantiate(name: str):
     assert (ec.shard_index, ec.num_shards) == (1, 2)
     assert ec.seed_start is None and ec.episodes >= 1
     if name == "quick":
-        assert ec.workers == 0 and ec.baselines == []
+        assert ec.workers == 0 and ec.baselines == [] and ec.tasks == "trained"
     with pytest.raises(ValueError, match="eval.baselines has"):
         EvalConfig(baselines=["oracle", "human"])
+    with pytest.raises(ValueError, match="eval.tasks='all'"):
+        EvalConfig(tasks="all")
 
 
 def test_a_scene_the_env_cannot_build_is_listed_and_left_out_of_aggregates(tmp_path: Path):

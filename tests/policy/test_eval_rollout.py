@@ -2,8 +2,8 @@
 
 - the report of a tiny (untrained) RT-1 checkpoint on 2 episodes per split has every field;
 - the scripted oracle succeeds on >= 95% of seen episodes;
-- the same checkpoint on the same seeds gives the same eval_info.json, whatever the number
-  of worker processes;
+- the same checkpoint on the same seeds gives the same eval_info.json, and the worker count
+  does not change it;
 - a checkpoint that does not fit the env is refused, naming the mismatch;
 - shards run through the hydra config merge into the unsharded report;
 - in-training use: a live policy object, results logged to TensorBoard.
@@ -122,6 +122,8 @@ def test_oracle_succeeds_on_the_seen_split(tmp_path: Path):
 
 
 def test_results_do_not_depend_on_the_number_of_workers(tmp_path: Path):
+    # Baselines only: spawned workers that load a checkpoint start slowly (torch and the
+    # sentence encoder, ~15 s each here); the pool, the seeds and the ordering are the same.
     kw = dict(tasks=["pick", envs.TASKS[-1]], splits=["seen", "distractors"], episodes=2,
               baselines=["oracle", "random"], progress=False, plot=False,
               env=EnvSettings(image_size=IMAGE_SIZE))
@@ -129,6 +131,13 @@ def test_results_do_not_depend_on_the_number_of_workers(tmp_path: Path):
     evaluate(None, workers=2, out_dir=tmp_path / "w2", **kw)
     assert (tmp_path / "w0" / "eval_info.json").read_text() == (
         tmp_path / "w2" / "eval_info.json").read_text()
+
+
+def test_tasks_trained_evaluates_only_the_checkpoints_training_tasks(checkpoint: Path):
+    # the tiny checkpoint's env.json is the describe() of a "pick" env
+    report = evaluate(str(checkpoint), tasks="trained", splits=["seen"], episodes=1,
+                      baselines=["noop"], out_dir=None, progress=False)
+    assert {r.task for r in report.rows} == {"pick"} and report.meta["tasks"] == ["pick"]
 
 
 def test_a_checkpoint_that_does_not_fit_the_env_is_refused(checkpoint: Path, tmp_path: Path):
@@ -181,9 +190,15 @@ def test_in_training_evaluation_of_a_live_policy_logs_to_tensorboard(tmp_path: P
 
     policy = tiny_policy().train()
     rng_before = torch.random.get_rng_state()
-    report = evaluate(policy, tasks=["pick"], splits=["seen"], episodes=1, workers=0,
-                      baselines=[], videos_per_split=1, out_dir=tmp_path / "eval",
-                      progress=False, plot=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # as a training process might; evaluation runs on 1, then restores
+    try:
+        report = evaluate(policy, tasks=["pick"], splits=["seen"], episodes=1, workers=0,
+                          baselines=[], videos_per_split=1, out_dir=tmp_path / "eval",
+                          progress=False, plot=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     assert policy.training  # handed back in the mode it came in
     assert torch.equal(torch.random.get_rng_state(), rng_before)  # training's RNG untouched
     assert [r.policy for r in report.rows] == ["rt1"]

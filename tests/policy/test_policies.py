@@ -154,10 +154,11 @@ def test_gato_cached_decoding_equals_uncached(build, make_obs, text_mode) -> Non
     runs = {}
     for cached in (True, False):
         policy.use_kv_cache = cached
-        policy.reset("pick up the red block")
+        policy.reset("pick up the qwzxvbnm-9000 thingamajig")  # unknown words: no crash
         actions, logits = [], []
         for i in range(steps):
-            actions.append(policy.select_action(make_obs(i)))
+            obs = make_obs(i, "pick up the qwzxvbnm-9000 thingamajig")
+            actions.append(policy.select_action(obs))
             logits.append(policy.last_logits)
         runs[cached] = (actions, logits)
     for a, b in zip(runs[True][0], runs[False][0], strict=True):
@@ -224,6 +225,13 @@ def test_select_action_contract(build, make_obs) -> None:
         policy.select_action({**make_obs(3), "image": np.zeros((64, 64, 3), np.uint8)})
     with pytest.raises(KeyError, match="state"):
         policy.select_action({"image": make_obs(3)["image"], "instruction": "x"})
+    # reset in training mode still acts without dropout: the same actions twice
+    gato = build("gato", ("dropout=0.5",)).train()
+    twice = []
+    for _ in range(2):
+        gato.reset("pick up the red block")
+        twice.append([gato.select_action(make_obs(i)) for i in range(2)])
+    assert np.array_equal(np.stack(twice[0]), np.stack(twice[1])) and gato.training
     with pytest.raises(ValueError, match="ee_x"):
         policy.select_action({**make_obs(3), "state": np.zeros(7, np.float32)})
 

@@ -210,25 +210,31 @@ class ScriptedEvaluator:
 
 
 def test_evaluation_keeps_the_best_checkpoint(store: Path, tmp_path: Path) -> None:
-    evaluator = ScriptedEvaluator([0.75, 0.25, 0.5])
-    run([*TINY, f"data.path={store}", "train.steps=6", "train.eval_every=2",
-         "train.checkpoint_every=0", "train.keep_last=1", "logger=tensorboard"],
-        tmp_path, evaluator)
+    evaluator = ScriptedEvaluator([0.25, 0.75, 0.5])
+    common = [*TINY, f"data.path={store}", "train.steps=6", "train.eval_every=2",
+              "train.checkpoint_every=0", "train.keep_last=1", "logger=tensorboard"]
+    run(common, tmp_path, evaluator)
     assert evaluator.calls == ["step_00000002", "step_00000004", "step_00000006"]
     best = read_pointer(tmp_path / "checkpoints", BEST)
-    assert (best.checkpoint, best.success) == ("step_00000002", 0.75)
+    assert (best.checkpoint, best.success) == ("step_00000004", 0.75)
     kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
-    assert kept == ["step_00000002", "step_00000006"]  # best + last survive keep_last=1
+    assert kept == ["step_00000004", "step_00000006"]  # best + last survive keep_last=1
     evals = [OmegaConf.create(x) for x in (tmp_path / METRICS_FILE).read_text().splitlines()
              if '"eval"' in x]
-    assert [e["rt1/success"] for e in evals] == [0.75, 0.25, 0.5]
-    assert evals[0]["rt1/split/unseen_object"] == 0.75
+    assert [e["rt1/success"] for e in evals] == [0.25, 0.75, 0.5]
+    assert evals[1]["rt1/split/unseen_object"] == 0.75
     # the learning curve reads the same records
     curve = eval_curve(tmp_path)
-    assert (curve.policy, curve.steps, curve.success) == ("rt1", [2, 4, 6], [0.75, 0.25, 0.5])
+    assert (curve.policy, curve.steps, curve.success) == ("rt1", [2, 4, 6], [0.25, 0.75, 0.5])
     assert curve.minutes == sorted(curve.minutes) and curve.splits["seen"] == curve.success
     png = plot_learning_curve([tmp_path], tmp_path / "curve.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # resuming from the best checkpoint (saved before its own evaluation) still knows its score
+    again = ScriptedEvaluator([0.5])
+    run([*common, f"train.resume={tmp_path / 'checkpoints' / 'step_00000004'}"],
+        tmp_path / "again", again)
+    assert again.calls == ["step_00000006"]
+    assert read_pointer(tmp_path / "checkpoints", BEST).checkpoint == "step_00000004"
 
 
 def test_in_training_evaluation_logs_success_and_a_video(store: Path, tmp_path: Path) -> None:

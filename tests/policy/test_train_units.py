@@ -114,7 +114,11 @@ def test_checkpoints_pointers_and_pruning_keep_best(tmp_path: Path) -> None:
             ckpt.mark_best(path, step, success=0.75)
         ckpt.prune(tmp_path / "checkpoints", keep_last=2)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert names == ["best.json", "last.json", "step_00000001", "step_00000003", "step_00000004"]
+    assert names == ["best", "best.json", "last", "last.json", "step_00000001", "step_00000003",
+                     "step_00000004"]
+    # the symlinks stand for the checkpoint dirs, e.g. for scripts/evaluate.py checkpoint=...
+    assert (tmp_path / "checkpoints" / "last").resolve().name == "step_00000004"
+    assert (tmp_path / "checkpoints" / "best" / "train_config.yaml").is_file()
     assert ckpt.read_pointer(tmp_path / "checkpoints") == ckpt.Pointer("step_00000004", 4)
     assert ckpt.read_pointer(tmp_path / "checkpoints", ckpt.BEST).success == 0.75
     assert ckpt.resolve_checkpoint(tmp_path).name == "step_00000004"
@@ -162,6 +166,19 @@ def test_sampler_resumes_mid_epoch_and_splits_ranks() -> None:
     assert head + run(first, 4) == whole  # continuing from the saved position
     ranks = [sum(run(Progress(), 2, rank=r, world=2), []) for r in (0, 1)]
     assert not set(ranks[0]) & set(ranks[1])  # each rank sees its own part
+
+
+def test_worker_processes_give_the_same_batches() -> None:
+    data = list(range(12))
+
+    def first(workers: int, progress: Progress) -> list[list[int]]:
+        sampler = ResumableSampler(data, 1, 0, seed=5, batch_size=3)
+        stream = batches(make_loader(data, sampler, workers, seed=0), sampler, progress)
+        return [next(stream).tolist() for _ in range(6)]
+
+    assert first(1, Progress()) == first(0, Progress())
+    resumed = Progress(epoch=0, batch_in_epoch=2)
+    assert first(1, resumed)[:4] == first(0, Progress())[2:]
 
 
 def test_too_few_samples_for_a_batch_is_an_error() -> None:
