@@ -93,6 +93,7 @@ class ObjectDef:
     scale: float = 1.0  # meshes: uniform scale
     colours: tuple[str, ...] = ()  # empty = any colour in COLOURS
     flat_top: bool = True  # something can be stacked on it
+    stackable: bool = True  # rests stably on a small flat top (irregular blobs do not)
     symmetry: float = math.pi / 2  # grasp yaw symmetry (rad); 0 = round, yaw does not matter
     grasp_width: float = 0.0  # m across the fingers; 0 = from the AABB
 
@@ -143,9 +144,9 @@ BUILTIN_OBJECTS: dict[str, ObjectDef] = {
                   flat_top=False, symmetry=math.pi),
         # Two of pybullet_data's random_urdfs (procedurally generated blobs), ~2x5 cm.
         ObjectDef("rock_a", "rock", "mesh", file=_pd("random_urdfs/003/003.urdf"), scale=0.45,
-                  flat_top=False, symmetry=math.pi),
+                  flat_top=False, stackable=False, symmetry=math.pi),
         ObjectDef("rock_b", "rock", "mesh", file=_pd("random_urdfs/009/009.urdf"), scale=0.6,
-                  flat_top=False, symmetry=math.pi),
+                  flat_top=False, stackable=False, symmetry=math.pi),
         ObjectDef("tray", "tray", "container", (0.07, 0.07, 0.025)),
         ObjectDef("bowl", "bowl", "container", (0.055, 0.055, 0.035), sides=8),
     ]
@@ -342,6 +343,7 @@ def load_object_set(path: str | os.PathLike) -> tuple[ObjectDef, ...]:
     for cname, rgba in (data.get("colours") or {}).items():
         if not (isinstance(rgba, list | tuple) and len(rgba) == 4):
             raise ValueError(f"object set {str(path)!r}: colour {cname!r} must be RGBA, got {rgba}")
+        # Process-wide on purpose: instructions and later envs may name the new colour.
         COLOURS.setdefault(str(cname), tuple(float(v) for v in rgba))  # type: ignore[arg-type]
     root_s = str(data.get("root", "."))
     root = Path(PYBULLET_DATA) if root_s == "pybullet_data" else (path.parent / root_s)
@@ -356,6 +358,7 @@ def load_object_set(path: str | os.PathLike) -> tuple[ObjectDef, ...]:
             name=str(entry["name"]), noun=str(entry["noun"]), kind="mesh", file=file,
             scale=float(entry.get("scale", 1.0)), colours=tuple(entry.get("colours", ())),
             flat_top=bool(entry.get("flat_top", False)),
+            stackable=bool(entry.get("stackable", True)),
             symmetry=float(entry.get("symmetry", math.pi)),
             grasp_width=float(entry.get("grasp_width", 0.0)),
         ))

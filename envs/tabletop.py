@@ -1,9 +1,9 @@
 """TabletopEnv: the gymnasium environment shared by every task (Panda, table, cameras).
 
 One env owns one PyBullet client (`p.connect(p.DIRECT)`) and passes its id to every call,
-so several envs live in one process. `reset` rebuilds the whole simulation
-(`resetSimulation`), which costs ~20 ms but makes an episode a pure function of its seed:
-same seed + same actions -> the same observations, pixels included.
+so several envs live in one process. `reset` restores a snapshot of the empty scene (table
+and robot) and samples the task's scene from `self.np_random`, so an episode is a pure
+function of its seed: same seed + same actions -> the same observations, pixels included.
 
 Action -> robot (envs/spec.py): x, y, z are world-frame end-effector deltas of 0.03 m per
 unit; roll, pitch, yaw world-frame rotations of 0.25 rad per unit; gripper > 0 closes;
@@ -61,7 +61,13 @@ START_EE = np.array([0.42, 0.0, 0.22])  # m; jittered by up to 3 cm per episode
 
 
 class TabletopEnv(gym.Env):
-    """A language-conditioned tabletop task for a Panda (see module docstring)."""
+    """A language-conditioned tabletop task for a Panda (see module docstring).
+
+    task: a name in envs.TASKS; split: a name in envs.SPLITS, with `split_overrides`
+    (SplitConfig field -> value) applied; image_size: front and wrist camera resolution;
+    wrist_camera: add obs["wrist_image"]; max_steps: None = the task's own limit;
+    skip_render: black images (oracle-only checks; physics is unchanged).
+    """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_HZ}
 

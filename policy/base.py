@@ -92,7 +92,9 @@ def _jsonable(value: Any) -> Any:
         return np.asarray(value).tolist()
     if isinstance(value, np.generic):
         return value.item()
-    return value
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)  # e.g. a Path in a store's info: keep it readable, never pickled
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -85,15 +85,19 @@ class Task:
 
     # ---- scene helpers --------------------------------------------------------------
     def draw_combo(self, env: TabletopEnv, combos: tuple[tuple[str, str], ...],
-                   avoid: frozenset[str] | set[str] = frozenset(), need_flat_top: bool = False
+                   avoid: frozenset[str] | set[str] = frozenset(), need_flat_top: bool = False,
+                   need_stackable: bool = False, min_footprint: float = 0.0
                    ) -> tuple[ObjectDef, str]:
         """A (definition, colour) from `combos` whose "colour noun" is not in `avoid`."""
         ok = [(c, o) for c, o in combos
               if f"{c} {self.defs[o].noun}" not in avoid
-              and (self.defs[o].flat_top or not need_flat_top)]
+              and (self.defs[o].flat_top or not need_flat_top)
+              and (self.defs[o].stackable or not need_stackable)
+              and self.defs[o].footprint_radius >= min_footprint]
         if not ok:
-            raise ValueError(f"task {self.name!r}: no object in {combos} fits "
-                             f"(avoiding {sorted(avoid)}, flat top needed: {need_flat_top})")
+            raise ValueError(f"task {self.name!r}: no object in {combos} fits (avoiding "
+                             f"{sorted(avoid)}, flat top needed: {need_flat_top}, stackable "
+                             f"needed: {need_stackable}, footprint >= {min_footprint} m)")
         colour, obj = ok[int(env.np_random.integers(len(ok)))]
         return self.defs[obj], colour
 

@@ -35,9 +35,11 @@ class StackTask(TransportTask):
     )
 
     def sample(self, env: TabletopEnv) -> dict[str, str]:
-        d, c = self.draw_combo(env, env.split.target_combos)
+        d, c = self.draw_combo(env, env.split.target_combos, need_stackable=True)
+        # The base's top must not be much narrower than the object put on it (a duck does
+        # not rest on a 4 cm cylinder).
         bd, bc = self.draw_combo(env, env.split.distractor_combos, avoid={f"{c} {d.noun}"},
-                                 need_flat_top=True)
+                                 need_flat_top=True, min_footprint=0.8 * d.footprint_radius)
         named = [Placement(d, c, d.footprint_radius), Placement(bd, bc, bd.footprint_radius)]
         self.objects = self.spawn_all(env, self.add_distractors(env, named))
         self.target, self.base = self.objects[0], self.objects[1]

@@ -35,6 +35,7 @@ class WorkerSetup:
 
 
 def load_policy(checkpoint: str) -> Any:
+    """A checkpoint directory as a policy (imported lazily: baseline workers skip torch)."""
     from policy import Policy
 
     return Policy.from_pretrained(checkpoint)
