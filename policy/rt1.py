@@ -3,7 +3,7 @@
 Per frame: the camera image (resized to 64 px by default) goes through an EfficientNet-style
 conv net whose blocks are FiLM-conditioned on the instruction's sentence embedding (by default
 EfficientNetV2's Fused-MBConv blocks, which trained 1.3x faster on a CPU than depthwise MBConv;
-docs/results/policy.md), TokenLearner pools it to 8 tokens, and one proprioceptive-state token
+docs/RESULTS.md), TokenLearner pools it to 8 tokens, and one proprioceptive-state token
 is added (FINDINGS.md). A history of T frames of those tokens is read by a decoder-only
 transformer whose mask is causal over frames (every token of frame t sees all tokens of frames
 <= t). The tokens of each frame are mean-pooled and one linear head predicts all action

@@ -1,4 +1,4 @@
-"""Measure collection throughput, image compression and loader speed (docs/results/data.md).
+"""Measure collection throughput, image compression and loader speed (docs/RESULTS.md).
 
     python scripts/benchmark_data.py [benchmark.episodes=200] [benchmark.workers=[1,2]]
 

@@ -9,7 +9,7 @@ alike; the bridge's overhead is the difference of the medians.
 observations at `hz` for `seconds`; we count error replies, timeouts and late ticks and read
 the server's resident memory from /healthz before and after.
 
-scripts/benchmark_bridge.py is the entry point; docs/results/bridge.md records the figures.
+scripts/benchmark_bridge.py is the entry point; docs/RESULTS.md records the figures.
 """
 
 from __future__ import annotations
