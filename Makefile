@@ -23,7 +23,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# env throughput beside panda-gym (the peer is an optional extra, installed here only)
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) scripts/benchmark_env.py
 
 clean:
