@@ -16,8 +16,25 @@ import pybullet as p
 RENDERER = "tiny_renderer"
 
 
+class _CameraDescription:
+    """What both camera configs report: the image shape and the renderer, for describe()."""
+
+    width: int
+    height: int
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, 3)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["image_shape"] = list(self.image_shape)
+        d["renderer"] = RENDERER
+        return d
+
+
 @dataclass(frozen=True)
-class CameraConfig:
+class CameraConfig(_CameraDescription):
     """A pinhole camera looking at `target` from `eye` (m, world frame)."""
 
     width: int = 96
@@ -34,19 +51,9 @@ class CameraConfig:
         if self.width < 8 or self.height < 8:
             raise ValueError(f"camera image size {(self.height, self.width)} must be >= 8 px")
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (self.height, self.width, 3)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["image_shape"] = list(self.image_shape)
-        d["renderer"] = RENDERER
-        return d
-
 
 @dataclass(frozen=True)
-class WristCameraConfig:
+class WristCameraConfig(_CameraDescription):
     """A camera fixed to the hand, looking along the fingers (hand frame offsets, m)."""
 
     width: int = 96
@@ -56,16 +63,6 @@ class WristCameraConfig:
     fov_deg: float = 70.0
     near: float = 0.01
     far: float = 2.0
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (self.height, self.width, 3)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["image_shape"] = list(self.image_shape)
-        d["renderer"] = RENDERER
-        return d
 
 
 @dataclass(frozen=True)
