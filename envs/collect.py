@@ -66,6 +66,7 @@ class CollectConfig:
     output: str  # store directory; shards go to <output>/shard-XXXXX
     tasks: tuple[str, ...] = ("pick",)
     split: str = "seen"
+    split_overrides: dict | None = None  # SplitConfig fields to change (envs/splits.py)
     episodes: int = 200  # episodes the store should hold when done (kept ones)
     workers: int = 1  # processes on this machine
     shard_index: int = 0  # this process's part of a multirun fan-out ...
@@ -84,6 +85,13 @@ class CollectConfig:
     def __post_init__(self) -> None:
         self.tasks = tuple(self.tasks)
         self.noise_dims = tuple(self.noise_dims)
+        if self.split_overrides:
+            from envs.splits import resolve_split
+
+            self.split_overrides = dict(self.split_overrides)
+            resolve_split(self.split, self.split_overrides)  # names a bad field or value now
+        else:
+            self.split_overrides = None
         if not self.tasks:
             raise ValueError("tasks is empty; expected at least one task name")
         if len(set(self.tasks)) != len(self.tasks):
@@ -247,7 +255,7 @@ def env_factory(cfg: CollectConfig) -> Callable[[str], Any]:
     def make(task: str) -> Any:
         return envs.make_env(task=task, split=cfg.split, image_size=cfg.image_size,
                              wrist_camera=cfg.wrist_camera, render_mode="rgb_array",
-                             max_steps=cfg.max_steps)
+                             max_steps=cfg.max_steps, split_overrides=cfg.split_overrides)
 
     return make
 

@@ -90,6 +90,7 @@ class TabletopEnv(gym.Env):
         if max_steps is not None and max_steps < 1:
             raise ValueError(f"max_steps={max_steps} must be >= 1")
         self.split: SplitConfig = resolve_split(split, split_overrides)
+        self.split_overrides = dict(split_overrides) if split_overrides else None
         defs = dict(BUILTIN_OBJECTS)
         if self.split.object_set:
             user = load_object_set(self.split.object_set)
@@ -213,6 +214,7 @@ class TabletopEnv(gym.Env):
             "state_names": list(STATE_NAMES),
             "task": self.task_name,
             "split": self.split.name,
+            "split_overrides": self.split_overrides,
             "max_steps": self.max_steps,
             "skip_render": self.skip_render,
         }

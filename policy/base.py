@@ -15,6 +15,7 @@ the saved kind.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
@@ -23,10 +24,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from envs.spec import ACTION, IMAGE, INSTRUCTION, STATE, STATE_NAMES, ActionSpec
+from policy.augment import check_mirror_camera, mirror_batch
 
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "action_spec.json", "stats.json",
                     "env.json")
@@ -107,13 +110,35 @@ def token_metrics(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tens
     logits (B, T, A, K), targets (B, T, A) int, valid (B, T) bool. Per-dimension accuracy is on
     the last frame: the one a policy acts on.
     """
-    correct = (logits.argmax(-1) == targets).float()  # (B, T, A)
+    pred = logits.argmax(-1)
+    correct = (pred == targets).float()  # (B, T, A)
     last_valid = valid[:, -1]
     last = correct[:, -1][last_valid]  # (B', A)
+    # how far off in bins: accuracy hides whether a miss is by one bin or by half the range
+    off = (pred - targets).abs().float()[:, -1][last_valid]  # (B', A)
     metrics = {"acc": correct[valid].mean().item(), "acc_last": last.mean().item()}
     for i, name in enumerate(names):
         metrics[f"acc/{name}"] = last[:, i].mean().item()
+        metrics[f"bin_err/{name}"] = off[:, i].mean().item()
     return metrics
+
+
+def binned_action_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
+                       sigma_bins: float) -> torch.Tensor:
+    """Cross-entropy of logits (B, T, A, K) against target bins (B, T, A) on valid frames.
+
+    sigma_bins = 0: one-hot targets (RT-1, Gato). sigma_bins > 0: the target is a Gaussian
+    over neighbouring bins ("HL-Gauss", Imani & White 2018; Farebrother et al. 2024), so a
+    prediction one bin off costs little and a far one costs much: the bins keep their order.
+    A probe regressing the first action from the image (docs/RESULTS.md) went from worse than
+    predicting the mean with one-hot targets to 40-50% below it with sigma = 4 bins.
+    """
+    logits, targets = logits[valid], targets[valid]  # (N, A, K), (N, A)
+    if sigma_bins <= 0:
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    k = torch.arange(logits.shape[-1], device=logits.device, dtype=logits.dtype)
+    soft = (-0.5 * ((k - targets[..., None].to(logits.dtype)) / sigma_bins) ** 2).softmax(-1)
+    return -(soft * logits.log_softmax(-1)).sum(-1).mean()
 
 
 # ----------------------------------------------------------------------------- policy
@@ -156,6 +181,16 @@ class Policy(nn.Module):
             raise ValueError(f"image shape {summary.image_shape}; expected (H, W, 3)")
         self.image_shape: tuple[int, int, int] = summary.image_shape  # type: ignore[assignment]
         self.instruction: str | None = None
+        self.mirror_prob = float(getattr(config, "augment_mirror", 0.0) or 0.0)
+        if self.mirror_prob > 0:
+            cam = summary.camera
+            if not isinstance(cam, Mapping) or "eye" not in cam or "target" not in cam:
+                warnings.warn("augment_mirror is on but env_info gives no camera eye and "
+                              "target; the mirror augmentation is off for this policy",
+                              stacklevel=2)
+                self.mirror_prob = 0.0
+            else:
+                check_mirror_camera(summary.camera)
 
     # -- to implement ---------------------------------------------------------------------
 
@@ -224,6 +259,13 @@ class Policy(nn.Module):
         return action.float().cpu().numpy().astype(np.float32)
 
     # -- batches --------------------------------------------------------------------------
+
+    def augment(self, batch: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The batch with training-time augmentation that changes labels (the left-right
+        mirror, policy/augment.py) when training; unchanged in eval mode."""
+        if self.training and self.mirror_prob > 0:
+            return mirror_batch(batch, self.action_spec.names, self.mirror_prob)
+        return batch
 
     def _unpack(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
         """Check a contract batch and move it to the model's device.

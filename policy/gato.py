@@ -29,12 +29,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from envs.spec import INSTRUCTION, STATE_NAMES, ActionSpec
-from policy.base import Policy, token_metrics
+from policy.base import Policy, binned_action_loss, token_metrics
 from policy.text import get_subword_tokenizer, get_text_encoder
 from policy.tokenizers.actions import MuLawActionTokenizer
 from policy.tokenizers.images import PatchTokenizer, load_backbone, preprocess_images, random_shift
@@ -51,6 +50,7 @@ class GatoConfig:
     history: int = 2  # control steps a token can see (its own included)
     resize_to: int | None = None  # None: native resolution (96 px -> 6x6 = 36 patches)
     augment_shift: int = 4  # random-shift pixels during training; 0 = off
+    augment_mirror: float = 0.5  # share of training samples mirrored left-right (augment.py)
     patch_size: int = 16  # Gato: 16x16 patches
     patch_channels: int = 32  # width of the per-patch ResNet block
     use_state: bool = True  # one end-effector-state token per step, before the separator
@@ -61,6 +61,7 @@ class GatoConfig:
     n_head: int = 4
     dropout: float = 0.1
     action_bins: int = 1024  # Gato: 1024 bins after mu-law
+    label_sigma_bins: float = 0.0  # Gaussian target width in (mu-law) bins; 0 = one-hot
     mu: float = 100.0  # mu-law mu (Gato: 100)
     mu_m: float = 256.0  # mu-law M (Gato: 256)
     text_encoder: str | None = None  # None: the offline all-MiniLM-L6-v2 package
@@ -75,6 +76,12 @@ class GatoConfig:
                              f"{self.patch_size}")
         if self.patch_size < 2 or self.patch_size % 2:
             raise ValueError(f"patch_size={self.patch_size}; expected an even size >= 2")
+        if self.label_sigma_bins < 0:
+            raise ValueError(f"label_sigma_bins={self.label_sigma_bins}; expected >= 0 "
+                             "(0: one-hot targets)")
+        if not 0.0 <= self.augment_mirror <= 1.0:
+            raise ValueError(f"augment_mirror={self.augment_mirror}; expected a probability "
+                             "in [0, 1]")
         if self.augment_shift < 0 or self.patch_channels < 1:
             raise ValueError(f"augment_shift={self.augment_shift}, patch_channels="
                              f"{self.patch_channels}; expected >= 0 and >= 1")
@@ -130,7 +137,10 @@ class GatoPolicy(Policy):
         self.state_tokenizer = (StateTokenizer(len(STATE_NAMES), c.d_model, self.stats)
                                 if c.use_state else None)
         if c.text_mode == "sentence":
-            self.text_proj = nn.Linear(c.text_dim, c.d_model)
+            # LayerNorm: unit-norm sentence embeddings are too small for a fresh Linear
+            # (see RT1ImageTokenizer.text_norm)
+            self.text_proj = nn.Sequential(nn.LayerNorm(c.text_dim),
+                                           nn.Linear(c.text_dim, c.d_model))
         else:
             vocab = get_subword_tokenizer(c.text_encoder).vocab_size
             self.text_embed = nn.Embedding(vocab, c.d_model)
@@ -200,6 +210,7 @@ class GatoPolicy(Policy):
 
     def logits_and_targets(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
         """A contract batch -> logits (B, T, A, K), target bins (B, T, A), valid (B, T)."""
+        batch = self.augment(batch)
         image, state, action, valid = self._unpack(batch)
         targets = self.action_tokenizer.encode(action)  # (B, T, A)
         logits = self.sequence_logits(image, state, targets, valid, batch[INSTRUCTION])
@@ -226,7 +237,7 @@ class GatoPolicy(Policy):
 
     def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         logits, targets, valid = self.logits_and_targets(batch)
-        loss = F.cross_entropy(logits[valid].flatten(0, 1), targets[valid].flatten())
+        loss = binned_action_loss(logits, targets, valid, self.config.label_sigma_bins)
         metrics = {"loss": loss.item(),
                    **token_metrics(logits, targets, valid, self.action_spec.names)}
         return loss, metrics

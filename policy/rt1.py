@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
 from envs.spec import INSTRUCTION, STATE_NAMES, ActionSpec
-from policy.base import Policy, token_metrics
+from policy.base import Policy, binned_action_loss, token_metrics
 from policy.text import get_text_encoder
 from policy.tokenizers.actions import UniformActionTokenizer
 from policy.tokenizers.images import (
@@ -48,18 +47,21 @@ class RT1Config:
     history: int = 2  # frames in context (RT-1 used 6; FINDINGS: 3 frames cost 2.3x per step)
     resize_to: int | None = 64  # model resolution; FINDINGS: 64 px learned 1.6x faster than 96
     augment_shift: int = 4  # random-shift pixels at model resolution during training; 0 = off
+    augment_mirror: float = 0.5  # share of training samples mirrored left-right (augment.py)
     conv_channels: tuple[int, ...] = (16, 32, 64, 128)  # stem width, then one stage per entry
     conv_strides: tuple[int, ...] = (2, 2, 1)  # stride of each stage after the stride-2 stem
     conv_blocks: int = 1  # MBConv blocks per stage
     conv_expand: int = 2  # MBConv expansion ratio (EfficientNet uses 6; 2 is CPU-friendly)
     conv_fused_stages: int = 3  # leading Fused-MBConv stages (EfficientNetV2): 1.3x faster
     image_tokens: int = 8  # TokenLearner tokens per frame (RT-1: 8)
+    position_encoding: bool = True  # add each feature cell's (x, y) before TokenLearner
     use_state: bool = True  # one end-effector-state token per frame
     d_model: int = 128
     n_layer: int = 3
     n_head: int = 4
     dropout: float = 0.1
     action_bins: int = 256  # uniform bins per action dimension (RT-1: 256)
+    label_sigma_bins: float = 4.0  # Gaussian target width in bins; 0 = one-hot
     action_bounds: str = "spec"  # "spec": the action spec's bounds; "data": stats p01/p99
     text_encoder: str | None = None  # None: the offline all-MiniLM-L6-v2 package
     text_dim: int = 384  # width of the sentence embedding (all-MiniLM-L6-v2: 384)
@@ -74,6 +76,12 @@ class RT1Config:
             raise ValueError(f"resize_to={self.resize_to}; expected None or >= 16 px")
         if self.augment_shift < 0:
             raise ValueError(f"augment_shift={self.augment_shift}; expected >= 0")
+        if self.label_sigma_bins < 0:
+            raise ValueError(f"label_sigma_bins={self.label_sigma_bins}; expected >= 0 "
+                             "(0: one-hot targets)")
+        if not 0.0 <= self.augment_mirror <= 1.0:
+            raise ValueError(f"augment_mirror={self.augment_mirror}; expected a probability "
+                             "in [0, 1]")
         if len(self.conv_channels) < 2 or min(self.conv_channels) < 1:
             raise ValueError(f"conv_channels={self.conv_channels}; expected >= 2 positive widths")
         if len(self.conv_strides) != len(self.conv_channels) - 1 or not set(
@@ -113,7 +121,7 @@ class RT1Policy(Policy):
             action_spec, c.action_bins, self.stats, c.action_bounds)
         self.image_tokenizer = RT1ImageTokenizer(
             c.d_model, c.text_dim, c.conv_channels, c.conv_strides, c.conv_blocks,
-            c.conv_expand, c.image_tokens, c.conv_fused_stages)
+            c.conv_expand, c.image_tokens, c.conv_fused_stages, c.position_encoding)
         self.state_tokenizer = (StateTokenizer(len(STATE_NAMES), c.d_model, self.stats)
                                 if c.use_state else None)
         self.tokens_per_frame = c.image_tokens + int(c.use_state)
@@ -174,6 +182,7 @@ class RT1Policy(Policy):
 
     def logits_and_targets(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
         """A contract batch -> logits (B, T, A, K), target bins (B, T, A), valid (B, T)."""
+        batch = self.augment(batch)
         image, state, action, valid = self._unpack(batch)
         text = self.encode_text(batch[INSTRUCTION])
         tokens = self.frame_tokens(image, state, text, augment=self.training)
@@ -181,7 +190,7 @@ class RT1Policy(Policy):
 
     def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         logits, targets, valid = self.logits_and_targets(batch)
-        loss = F.cross_entropy(logits[valid].flatten(0, 1), targets[valid].flatten())
+        loss = binned_action_loss(logits, targets, valid, self.config.label_sigma_bins)
         metrics = {"loss": loss.item(),
                    **token_metrics(logits, targets, valid, self.action_spec.names)}
         return loss, metrics
