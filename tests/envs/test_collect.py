@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envs.collect import CollectConfig, collect, quotas, replay, worker_schedule
+from envs.collect import (
+    CollectConfig,
+    collect,
+    env_factory,
+    quotas,
+    replay,
+    worker_schedule,
+)
 from envs.store import EpisodeStore, list_shards
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +51,24 @@ def test_config_refuses_heldout_split_and_eval_seeds(tmp_path: Path) -> None:
         CollectConfig(output=str(tmp_path), shard_index=2, num_shards=2)
     with pytest.raises(KeyError, match="no action dimension 'w'"):
         CollectConfig(output=str(tmp_path), noise_dims=("x", "w"))
+    with pytest.raises(ValueError, match=r"unknown split override\(s\) \['distractor'\]"):
+        CollectConfig(output=str(tmp_path), split_overrides={"distractor": [0, 0]})
+    with pytest.raises(ValueError, match=r"distractors=\(2, 1\)"):
+        CollectConfig(output=str(tmp_path), split_overrides={"distractors": [2, 1]})
+
+
+def test_split_overrides_reach_the_scenes_and_the_store(tmp_path: Path) -> None:
+    cfg = CollectConfig(output=str(tmp_path / "d"), tasks=("pick",), episodes=2, workers=1,
+                        image_size=32, progress=False, split_overrides={"distractors": [2, 2]})
+    assert collect(cfg).kept == 2
+    env_info = EpisodeStore(cfg.output).info["env_by_task"]["pick"]
+    assert env_info["split_overrides"] == {"distractors": [2, 2]}
+    env = env_factory(cfg)("pick")
+    try:
+        env.reset(seed=0)
+        assert len(env.unwrapped.task.objects) == 3  # the target and exactly two others
+    finally:
+        env.close()
 
 
 def test_collect_labels_clean_and_replay_reproduces_frames(tmp_path: Path) -> None:
