@@ -11,9 +11,9 @@ dimensions of that step in parallel, as the released RT-1 code does; the loss is
 over 256 bins per dimension on every non-padded frame, against a Gaussian over neighbouring
 bins (HL-Gauss) rather than RT-1's one-hot target, so the bins keep their order.
 
-Three departures from the paper made the policy learn on a 2-core CPU (docs/RESULTS.md, "What
-made it learn"): the Gaussian targets, a LayerNorm on the sentence embedding before FiLM, and
-the left-right mirror augmentation (policy/augment.py).
+Three departures from the paper came in together when the policy began to learn on a 2-core
+CPU (docs/RESULTS.md, "What made it learn"): a LayerNorm on the sentence embedding before
+FiLM, the left-right mirror augmentation (policy/augment.py), and the Gaussian targets.
 
 While acting, each frame's tokens depend only on that frame and the instruction, so they are
 computed once and kept in a deque: one control step costs one image encoding plus a
