@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from envs.spec import IMAGE, INSTRUCTION, STATE, STATE_NAMES, WRIST_IMAGE
+from envs.spec import ACTION, IMAGE, INSTRUCTION, STATE, STATE_NAMES, WRIST_IMAGE
 
 # Reflection y -> -y. A rotation R becomes M R M (M = diag(1, -1, 1)): rotations about x and
 # z reverse, rotations about y do not; for a quaternion (x, y, z, w) that is (-x, y, -z, w).
@@ -73,9 +73,9 @@ def mirror_batch(batch: Mapping[str, Any], action_names: Sequence[str], prob: fl
     state = batch[STATE]
     s_signs = _signs(STATE_NAMES, MIRROR_STATE_SIGNS).to(state.device, state.dtype)
     out[STATE] = torch.where(flip.view(b, 1, 1).to(state.device), state * s_signs, state)
-    action = batch["action"]
+    action = batch[ACTION]
     a_signs = _signs(action_names, MIRROR_ACTION_SIGNS).to(action.device, action.dtype)
-    out["action"] = torch.where(flip.view(b, 1, 1).to(action.device), action * a_signs, action)
+    out[ACTION] = torch.where(flip.view(b, 1, 1).to(action.device), action * a_signs, action)
     out[INSTRUCTION] = [mirror_instruction(s) if f else s
                         for s, f in zip(batch[INSTRUCTION], flip.tolist(), strict=True)]
     return out

@@ -123,6 +123,15 @@ def token_metrics(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tens
     return metrics
 
 
+def check_training_targets(label_sigma_bins: float, augment_mirror: float) -> None:
+    """Validate the config fields behind `binned_action_loss` and `Policy.augment`."""
+    if label_sigma_bins < 0:
+        raise ValueError(f"label_sigma_bins={label_sigma_bins}; expected >= 0 "
+                         "(0: one-hot targets)")
+    if not 0.0 <= augment_mirror <= 1.0:
+        raise ValueError(f"augment_mirror={augment_mirror}; expected a probability in [0, 1]")
+
+
 def binned_action_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
                        sigma_bins: float) -> torch.Tensor:
     """Cross-entropy of logits (B, T, A, K) against target bins (B, T, A) on valid frames.
@@ -189,7 +198,7 @@ class Policy(nn.Module):
                               stacklevel=2)
                 self.mirror_prob = 0.0
             else:
-                check_mirror_camera(summary.camera)
+                check_mirror_camera(cam)
 
     # -- to implement ---------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from einops import rearrange
 from torch import nn
 
 from envs.spec import INSTRUCTION, STATE_NAMES, ActionSpec
-from policy.base import Policy, binned_action_loss, token_metrics
+from policy.base import Policy, binned_action_loss, check_training_targets, token_metrics
 from policy.text import get_subword_tokenizer, get_text_encoder
 from policy.tokenizers.actions import MuLawActionTokenizer
 from policy.tokenizers.images import PatchTokenizer, load_backbone, preprocess_images, random_shift
@@ -76,12 +76,7 @@ class GatoConfig:
                              f"{self.patch_size}")
         if self.patch_size < 2 or self.patch_size % 2:
             raise ValueError(f"patch_size={self.patch_size}; expected an even size >= 2")
-        if self.label_sigma_bins < 0:
-            raise ValueError(f"label_sigma_bins={self.label_sigma_bins}; expected >= 0 "
-                             "(0: one-hot targets)")
-        if not 0.0 <= self.augment_mirror <= 1.0:
-            raise ValueError(f"augment_mirror={self.augment_mirror}; expected a probability "
-                             "in [0, 1]")
+        check_training_targets(self.label_sigma_bins, self.augment_mirror)
         if self.augment_shift < 0 or self.patch_channels < 1:
             raise ValueError(f"augment_shift={self.augment_shift}, patch_channels="
                              f"{self.patch_channels}; expected >= 0 and >= 1")

@@ -32,7 +32,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from envs.spec import INSTRUCTION, STATE_NAMES, ActionSpec
-from policy.base import Policy, binned_action_loss, token_metrics
+from policy.base import Policy, binned_action_loss, check_training_targets, token_metrics
 from policy.text import get_text_encoder
 from policy.tokenizers.actions import UniformActionTokenizer
 from policy.tokenizers.images import (
@@ -81,12 +81,7 @@ class RT1Config:
             raise ValueError(f"resize_to={self.resize_to}; expected None or >= 16 px")
         if self.augment_shift < 0:
             raise ValueError(f"augment_shift={self.augment_shift}; expected >= 0")
-        if self.label_sigma_bins < 0:
-            raise ValueError(f"label_sigma_bins={self.label_sigma_bins}; expected >= 0 "
-                             "(0: one-hot targets)")
-        if not 0.0 <= self.augment_mirror <= 1.0:
-            raise ValueError(f"augment_mirror={self.augment_mirror}; expected a probability "
-                             "in [0, 1]")
+        check_training_targets(self.label_sigma_bins, self.augment_mirror)
         if len(self.conv_channels) < 2 or min(self.conv_channels) < 1:
             raise ValueError(f"conv_channels={self.conv_channels}; expected >= 2 positive widths")
         if len(self.conv_strides) != len(self.conv_channels) - 1 or not set(
