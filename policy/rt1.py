@@ -60,6 +60,7 @@ class RT1Config:
     conv_fused_stages: int = 3  # leading Fused-MBConv stages (EfficientNetV2): 1.3x faster
     image_tokens: int = 8  # TokenLearner tokens per frame (RT-1: 8)
     position_encoding: bool = True  # add each feature cell's (x, y) before TokenLearner
+    text_norm: bool = True  # LayerNorm on the sentence embedding before FiLM; False: raw
     use_state: bool = True  # one end-effector-state token per frame
     d_model: int = 128
     n_layer: int = 3
@@ -121,7 +122,8 @@ class RT1Policy(Policy):
             action_spec, c.action_bins, self.stats, c.action_bounds)
         self.image_tokenizer = RT1ImageTokenizer(
             c.d_model, c.text_dim, c.conv_channels, c.conv_strides, c.conv_blocks,
-            c.conv_expand, c.image_tokens, c.conv_fused_stages, c.position_encoding)
+            c.conv_expand, c.image_tokens, c.conv_fused_stages, c.position_encoding,
+            c.text_norm)
         self.state_tokenizer = (StateTokenizer(len(STATE_NAMES), c.d_model, self.stats)
                                 if c.use_state else None)
         self.tokens_per_frame = c.image_tokens + int(c.use_state)

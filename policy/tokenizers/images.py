@@ -227,7 +227,8 @@ class RT1ImageTokenizer(nn.Module):
 
     def __init__(self, d_model: int, text_dim: int, channels: Sequence[int],
                  strides: Sequence[int], blocks: int, expand: int, num_tokens: int,
-                 fused_stages: int = 0, position_encoding: bool = True) -> None:
+                 fused_stages: int = 0, position_encoding: bool = True,
+                 text_norm: bool = True) -> None:
         super().__init__()
         self.backbone = FiLMEfficientNet(channels, strides, blocks, expand, text_dim,
                                          fused_stages)
@@ -236,8 +237,9 @@ class RT1ImageTokenizer(nn.Module):
         # Sentence embeddings are unit-norm (components ~0.05): the zero-initialised FiLM
         # layers then learn ~20x slower than the convs they modulate, and the policy ignores
         # which object the instruction names. LayerNorm rescales them to unit variance
-        # (a probe's held-out localisation error fell 40%: docs/RESULTS.md).
-        self.text_norm = nn.LayerNorm(text_dim)
+        # (a probe's held-out localisation error fell 40%: docs/RESULTS.md). False: the
+        # embedding as the encoder gives it (an ablation).
+        self.text_norm = nn.LayerNorm(text_dim) if text_norm else nn.Identity()
         self.token_learner = TokenLearner(self.backbone.out_channels, num_tokens)
         self.proj = nn.Linear(self.backbone.out_channels, d_model)
         # ImageNet statistics: harmless from scratch, and what a pretrained backbone expects

@@ -10,6 +10,7 @@ the per-split rates against that time; scripts/plot_learning_curve.py is the ent
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +51,9 @@ def eval_curve(run_dir: Path, policy: str | None = None) -> Curve:
     name = policy or (found[0] if found else None)
     if name is None or f"{name}/success" not in evals[0]:
         raise ValueError(f"no success rate of policy {name!r} in {run_dir}; found {found}")
-    curve = Curve(run=Path(run_dir).name, policy=name)
+    run = Path(os.path.abspath(run_dir))  # not resolve(): a symlink names its run
+    # a pipeline run keeps training in RUN/train: name the curve after RUN
+    curve = Curve(run=run.parent.name if run.name == "train" else run.name, policy=name)
     split_keys = sorted(k for k in evals[0] if k.startswith(f"{name}/split/"))
     for r in evals:
         curve.minutes.append(r["train_time_s"] / 60)

@@ -165,6 +165,18 @@ def test_rt1_image_tokens_start_unconditioned_and_feel_film_after_training() -> 
     assert not torch.allclose(tok(images, t1), tok(images, t2))
 
 
+def test_rt1_text_norm_rescales_unit_norm_embeddings_and_can_be_turned_off() -> None:
+    kwargs = dict(d_model=32, text_dim=384, channels=(8, 16, 32), strides=(2, 1), blocks=1,
+                  expand=2, num_tokens=8)
+    text = torch.nn.functional.normalize(torch.randn(2, 384), dim=-1)  # as MiniLM gives it
+    normed = RT1ImageTokenizer(**kwargs).text_norm(text)
+    assert normed.std(dim=-1).min() > 0.9  # unit variance per embedding, not ~0.05
+    raw = RT1ImageTokenizer(**kwargs, text_norm=False)
+    assert isinstance(raw.text_norm, torch.nn.Identity)
+    assert torch.equal(raw.text_norm(text), text)
+    assert raw(torch.rand(2, 3, 32, 32), text).shape == (2, 8, 32)
+
+
 def test_patch_tokenizer_cuts_96px_into_36_tokens_with_positions() -> None:
     tok = PatchTokenizer(d_model=16, image_size=96, patch_size=16, channels=8)
     out = tok(torch.zeros(2, 3, 96, 96))

@@ -191,3 +191,17 @@ def test_threads_shared_between_local_processes() -> None:
     one = default_num_threads(DistInfo())
     assert one >= 1
     assert default_num_threads(DistInfo(world_size=2, local_world_size=2)) == max(1, one // 2)
+
+
+def test_learning_curves_are_named_after_the_run_not_its_train_folder(tmp_path: Path) -> None:
+    from policy.train.curves import eval_curve
+    from policy.train.logger import METRICS_FILE
+
+    record = {"kind": "eval", "step": 10, "train_time_s": 60.0, "rt1/success": 0.5}
+    for run in (tmp_path / "full" / "train", tmp_path / "alone"):
+        run.mkdir(parents=True)
+        (run / METRICS_FILE).write_text(json.dumps(record) + "\n")
+    assert eval_curve(tmp_path / "full" / "train").run == "full"  # a pipeline run dir
+    assert eval_curve(tmp_path / "alone").run == "alone"  # scripts/train.py's own run dir
+    (tmp_path / "label").symlink_to(tmp_path / "full")  # a link names a run for a plot
+    assert eval_curve(tmp_path / "label" / "train").run == "label"
