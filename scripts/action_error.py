@@ -9,6 +9,11 @@ about. Collect STORE with another seed_start than the training data for held-out
     python scripts/collect.py output=/tmp/heldout collect.tasks=[pick] collect.episodes=100 \
         collect.seed_start=500000000 env.image_size=64
     python scripts/action_error.py /tmp/heldout CKPT [CKPT ...] [--samples 512] [--tasks pick]
+        [--swap-instructions]
+
+--swap-instructions adds a second column per checkpoint: the same windows, each under
+another window's instruction. x/y error that does not grow there: the policy ignores the
+words (it may still find objects); error that grows: it grounds them.
 
 Method: policy/evaluation/offline.py. Results: docs/RESULTS.md (issue 8).
 """
@@ -47,6 +52,9 @@ def main() -> None:
     ap.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
     ap.add_argument("--seed", type=int, default=0, help="which windows are drawn")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--swap-instructions", action="store_true",
+                    help="also score each checkpoint with every window given another window's "
+                         "instruction (does the policy use its instruction?)")
     args = ap.parse_args()
     if args.samples < 1 or args.batch_size < 1:
         ap.error(f"--samples {args.samples} and --batch-size {args.batch_size} must be >= 1")
@@ -56,7 +64,7 @@ def main() -> None:
     datasets: dict[int, EpisodeDataset] = {}  # by history: windows differ, indices agree
     idx: np.ndarray | None = None
     results = {}
-    for ckpt in args.checkpoints:
+    for number, ckpt in enumerate(args.checkpoints, start=1):
         policy = Policy.from_pretrained(Path(ckpt))
         history = int(policy.config.history)
         if history not in datasets:
@@ -66,11 +74,12 @@ def main() -> None:
             n = min(args.samples, len(data))
             idx = np.random.default_rng(args.seed).choice(len(data), n, replace=False)
         chunks = [idx[i:i + args.batch_size] for i in range(0, len(idx), args.batch_size)]
-        batches = (default_collate(data.__getitems__([int(j) for j in c])) for c in chunks)
         label = checkpoint_label(Path(ckpt))
         if label in results:
-            label = f"{label} ({len(results) + 1})"
-        results[label] = action_error(policy, batches)
+            label = f"{label} ({number})"
+        for swap in (False, True) if args.swap_instructions else (False,):
+            batches = (default_collate(data.__getitems__([int(j) for j in c])) for c in chunks)
+            results[f"{label}, swapped" if swap else label] = action_error(policy, batches, swap)
         print(f"{label}: {policy.kind}, history {history}", flush=True)
     print(f"\nmean absolute action error, {len(idx)} windows of {args.store}"
           f"{' (tasks ' + args.tasks + ')' if tasks else ''}\n")

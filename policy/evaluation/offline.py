@@ -9,7 +9,10 @@ which is what a policy that ignores its image and instruction can reach. A ratio
 x/y means the policy does not find the object it is told about (docs/RESULTS.md, Gato).
 
 Run it on a store the policy never trained on (collect with another ``collect.seed_start``)
-for a held-out figure; on the training store it measures fit.
+for a held-out figure; on the training store it measures fit. With ``swap_instructions`` every
+window is scored under another window's (different) instruction: a policy whose x/y error does
+not grow ignores its instruction, which separates "cannot find objects" from "does not
+ground the words" (docs/RESULTS.md, Gato).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.spec import ACTION
+from envs.spec import ACTION, INSTRUCTION
 
 
 @dataclass(frozen=True)
@@ -40,19 +43,41 @@ class DimError:
         return 0.0 if self.policy == 0 else float("inf")
 
 
-def action_error(policy: Any, batches: Iterable[Mapping[str, Any]]) -> list[DimError]:
+def swap_instructions(instructions: list[str]) -> tuple[list[str], int]:
+    """Give each window the next (cyclically) window's instruction that differs from its own.
+
+    Returns the new list and how many windows got a different instruction (a window keeps
+    its own only when every instruction in the list is the same).
+    """
+    out, swapped = list(instructions), 0
+    n = len(instructions)
+    for i, own in enumerate(instructions):
+        for k in range(1, n):
+            other = instructions[(i + k) % n]
+            if other != own:
+                out[i], swapped = other, swapped + 1
+                break
+    return out, swapped
+
+
+def action_error(policy: Any, batches: Iterable[Mapping[str, Any]],
+                 swap: bool = False) -> list[DimError]:
     """Greedy teacher-forced action error of ``policy`` on contract batches, per dimension.
 
     ``policy`` needs ``logits_and_targets(batch) -> (logits (B, T, A, K), targets, valid)``,
     ``action_tokenizer.decode`` and ``action_spec`` (RT-1 and Gato both have them). The last
-    step of every window is scored.
+    step of every window is scored. ``swap``: each window under another window's instruction
+    (:func:`swap_instructions`, within its batch); raises if no window could be swapped.
     """
     was_training = policy.training
     policy.eval()
-    predicted, labels = [], []
+    predicted, labels, swapped = [], [], 0
     try:
         with torch.inference_mode():
             for batch in batches:
+                if swap:
+                    instructions, k = swap_instructions(list(batch[INSTRUCTION]))
+                    batch, swapped = {**batch, INSTRUCTION: instructions}, swapped + k
                 logits = policy.logits_and_targets(batch)[0]
                 tokens = logits[:, -1].argmax(dim=-1)  # (B, A)
                 predicted.append(policy.action_tokenizer.decode(tokens).float().cpu())
@@ -61,6 +86,9 @@ def action_error(policy: Any, batches: Iterable[Mapping[str, Any]]) -> list[DimE
         policy.train(was_training)
     if not predicted:
         raise ValueError("action_error got no batches")
+    if swap and swapped == 0:
+        raise ValueError("swap=True but every window in each batch has the same instruction; "
+                         "use larger batches or a store with several instructions")
     pred, true = torch.cat(predicted).numpy(), torch.cat(labels).numpy()
     names = list(policy.action_spec.names)
     if true.shape[1] != len(names):

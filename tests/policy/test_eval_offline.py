@@ -13,7 +13,7 @@ from torch import nn
 
 from envs.spec import DEFAULT_ACTION_SPEC
 from policy import make_policy
-from policy.evaluation.offline import DimError, action_error, markdown_table
+from policy.evaluation.offline import DimError, action_error, markdown_table, swap_instructions
 from policy.tokenizers.actions import UniformActionTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,6 +93,53 @@ def test_ratio_and_table() -> None:
     assert lines[2] == "| x | 0.2000 | 0.1000 | 0.50 | 0.3000 | 1.50 |"
 
 
+def _x_of(instructions) -> torch.Tensor:
+    """A label x that depends on the instruction (the fixture's three differ in length)."""
+    return torch.tensor([(len(i) - 20) / 10 for i in instructions])[:, None]
+
+
+class Instructed(Scripted):
+    """Predicts x from the instruction alone, exactly (the other dims from the labels)."""
+
+    def logits_and_targets(self, batch):
+        action = batch["action"].clone().float()
+        action[:, :, 1] = _x_of(batch["instruction"])
+        return super().logits_and_targets({**batch, "action": action})
+
+
+def _grounded_batches(make_batch):
+    batches = _batches(make_batch)
+    for b in batches:
+        b["action"][:, :, 1] = _x_of(b["instruction"])
+    return batches
+
+
+def test_swap_instructions_gives_each_window_a_different_one() -> None:
+    assert swap_instructions(["a", "a", "b"]) == (["b", "b", "a"], 3)
+    assert swap_instructions(["a", "b", "c"]) == (["b", "c", "a"], 3)
+    assert swap_instructions(["a", "a"]) == (["a", "a"], 0)
+    assert swap_instructions([]) == ([], 0)
+
+
+def test_swapped_instructions_hurt_a_grounded_policy_only(make_batch) -> None:
+    grounded = Instructed(exact=True)
+    right = action_error(grounded, _grounded_batches(make_batch))
+    wrong = action_error(grounded, _grounded_batches(make_batch), swap=True)
+    assert right[1].name == "x" and right[1].policy < 0.01 and wrong[1].policy > 0.05
+    blind = Scripted(exact=True)  # reads the labels, never the instruction
+    same = action_error(blind, _grounded_batches(make_batch))
+    swapped = action_error(blind, _grounded_batches(make_batch), swap=True)
+    assert [e.policy for e in same] == [e.policy for e in swapped]
+
+
+def test_swap_with_one_instruction_everywhere_is_an_error(make_batch) -> None:
+    batches = _batches(make_batch)
+    for b in batches:
+        b["instruction"] = [b["instruction"][0]] * len(b["instruction"])
+    with pytest.raises(ValueError, match="same instruction"):
+        action_error(Scripted(exact=True), batches, swap=True)
+
+
 def test_script_rejects_bad_sample_count() -> None:
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "action_error.py"), "/nope",
                           "/nope", "--samples", "0"], capture_output=True, text=True, cwd=ROOT)
@@ -116,10 +163,12 @@ def test_script_scores_two_checkpoints_on_a_store(tmp_path, compose_policy) -> N
         policy.save_pretrained(tmp_path / name / "ckpt")
         checkpoints.append(str(tmp_path / name / "ckpt"))
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "action_error.py"), str(store),
-                          *checkpoints, "--samples", "20", "--batch-size", "8"],
+                          *checkpoints, "--samples", "20", "--batch-size", "8",
+                          "--swap-instructions"],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "20 windows of" in out.stdout
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
-    assert rows[0] == "| dim | constant (median) | ckpt | ratio | ckpt (2) | ratio |"
+    assert rows[0] == ("| dim | constant (median) | ckpt | ratio | ckpt, swapped | ratio | "
+                       "ckpt (2) | ratio | ckpt (2), swapped | ratio |")
     assert [r.split(" | ")[0][2:] for r in rows[1:]] == DEFAULT_ACTION_SPEC.names
