@@ -55,6 +55,7 @@ class GatoConfig:
     patch_channels: int = 32  # width of the per-patch ResNet block
     use_state: bool = True  # one end-effector-state token per step, before the separator
     text_mode: str = "sentence"  # "sentence": 1 token from the frozen encoder; "subword": ids
+    patch_film: bool = False  # not Gato: FiLM the patch encoder on the sentence (as RT-1)
     max_text_tokens: int = 16  # subword mode: instruction truncated to this many ids
     d_model: int = 128
     n_layer: int = 4
@@ -82,6 +83,9 @@ class GatoConfig:
                              f"{self.patch_channels}; expected >= 0 and >= 1")
         if self.text_mode not in ("sentence", "subword"):
             raise ValueError(f"text_mode={self.text_mode!r}; expected 'sentence' or 'subword'")
+        if self.patch_film and self.text_mode != "sentence":
+            raise ValueError(f"patch_film=True needs text_mode='sentence' (got "
+                             f"{self.text_mode!r}): FiLM is conditioned on the sentence embedding")
         if self.max_text_tokens < 2:
             raise ValueError(f"max_text_tokens={self.max_text_tokens}; expected >= 2")
         if self.action_bins < 2 or self.mu <= 0 or self.mu_m <= 0:
@@ -128,7 +132,8 @@ class GatoPolicy(Policy):
                              "patches; set resize_to to a multiple of patch_size")
         self.action_tokenizer = MuLawActionTokenizer.from_spec(action_spec, c.action_bins, c.mu,
                                                                c.mu_m)
-        self.image_tokenizer = PatchTokenizer(c.d_model, size, c.patch_size, c.patch_channels)
+        self.image_tokenizer = PatchTokenizer(c.d_model, size, c.patch_size, c.patch_channels,
+                                              c.text_dim if c.patch_film else None)
         self.state_tokenizer = (StateTokenizer(len(STATE_NAMES), c.d_model, self.stats)
                                 if c.use_state else None)
         if c.text_mode == "sentence":
@@ -161,35 +166,44 @@ class GatoPolicy(Policy):
         self._step = 0
         self._pending: torch.Tensor | None = None  # last action token of the previous step
         self._text: torch.Tensor | None = None  # (1, L, d)
+        self._cond: torch.Tensor | None = None  # (1, text_dim) patch FiLM input, or None
         self._history: list[torch.Tensor] = []  # uncached reference: every step's tokens
 
     # -- tokens ---------------------------------------------------------------------------
 
-    def text_tokens(self, instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Instruction strings -> tokens (B, L, d) and a mask (B, L), True on real tokens."""
+    def text_tokens(self, instructions: Sequence[str]
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Instruction strings -> tokens (B, L, d), a mask (B, L) True on real tokens, and the
+        patch encoder's FiLM input (B, text_dim: the normalised sentence) or None."""
         c = self.config
         if c.text_mode == "sentence":
             emb = get_text_encoder(c.text_encoder).encode(list(instructions)).to(self.device)
             if emb.shape[-1] != c.text_dim:
                 raise ValueError(f"text encoder gives {emb.shape[-1]}-d embeddings; config "
                                  f"text_dim is {c.text_dim}")
-            tokens = rearrange(self.text_proj(emb), "b d -> b 1 d")
-            return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=self.device)
+            norm = self.text_proj[0](emb)
+            tokens = rearrange(self.text_proj[1](norm), "b d -> b 1 d")
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=self.device)
+            return tokens, mask, norm if c.patch_film else None
         ids, mask = get_subword_tokenizer(c.text_encoder).encode(list(instructions),
                                                                  c.max_text_tokens)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        return self.text_embed(ids) + self.text_pos[: ids.shape[1]], mask
+        return self.text_embed(ids) + self.text_pos[: ids.shape[1]], mask, None
 
-    def observation_tokens(self, image: torch.Tensor, state: torch.Tensor, augment: bool
-                           ) -> torch.Tensor:
-        """uint8 (B, T, H, W, 3), state (B, T, S) -> [patches, state, separator] (B, T, n, d)."""
+    def observation_tokens(self, image: torch.Tensor, state: torch.Tensor, augment: bool,
+                           cond: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 (B, T, H, W, 3), state (B, T, S) -> [patches, state, separator] (B, T, n, d).
+
+        ``cond`` (B, text_dim): the patch encoder's FiLM input when ``patch_film``."""
         b, t = image.shape[:2]
         x = preprocess_images(rearrange(image, "b t h w c -> (b t) h w c"), self.config.resize_to)
         if augment and self.config.augment_shift > 0:
             x = random_shift(rearrange(x, "(b t) c h w -> b t c h w", b=b),
                              self.config.augment_shift)
             x = rearrange(x, "b t c h w -> (b t) c h w")
-        parts = [rearrange(self.image_tokenizer(x), "(b t) p d -> b t p d", b=b)]
+        if cond is not None:
+            cond = cond.repeat_interleave(t, dim=0)  # (B * T, text_dim), frames of a sample
+        parts = [rearrange(self.image_tokenizer(x, cond), "(b t) p d -> b t p d", b=b)]
         if self.state_tokenizer is not None:
             parts.append(rearrange(self.state_tokenizer(state), "b t d -> b t 1 d"))
         parts.append(self.separator.expand(b, t, 1, -1))
@@ -215,8 +229,8 @@ class GatoPolicy(Policy):
                         valid: torch.Tensor, instructions: Sequence[str]) -> torch.Tensor:
         """Teacher-forced logits (B, T, A, K) for action tokens ``targets`` (B, T, A)."""
         b, t = image.shape[:2]
-        text, text_mask = self.text_tokens(instructions)  # (B, L, d), (B, L)
-        steps = torch.cat([self.observation_tokens(image, state, augment=self.training),
+        text, text_mask, cond = self.text_tokens(instructions)  # (B, L, d), (B, L)
+        steps = torch.cat([self.observation_tokens(image, state, self.training, cond),
                            self.action_tokens(targets)], dim=2)  # (B, T, step_len, d)
         x = torch.cat([text, rearrange(steps, "b t n d -> b (t n) d")], dim=1)
         length = text.shape[1]
@@ -238,7 +252,7 @@ class GatoPolicy(Policy):
         return loss, metrics
 
     def _reset(self, instruction: str) -> None:
-        text, mask = self.text_tokens([instruction])
+        text, mask, self._cond = self.text_tokens([instruction])
         self._text = text[:, mask[0]]  # acting needs no padding: (1, L, d)
         self._cache = self.transformer.new_cache()
         self._k_step = torch.zeros(0, dtype=torch.long, device=self.device)
@@ -265,7 +279,7 @@ class GatoPolicy(Policy):
         return self.transformer(x, mask, self._cache)
 
     def _act(self, image: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        obs = self.observation_tokens(image[None, None], state[None, None], augment=False)[0]
+        obs = self.observation_tokens(image[None, None], state[None, None], False, self._cond)[0]
         if not self.use_kv_cache:
             return self._act_uncached(obs)
         s = self._step

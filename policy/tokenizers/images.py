@@ -274,10 +274,14 @@ class PatchTokenizer(nn.Module):
     A 2x2 stride-2 convolution first lifts each patch from 3 to ``channels`` channels at half
     resolution, so the residual block runs at 8x8 (a quarter of the cost on a CPU).
     Input (N, 3, H, W) in [0, 1]; output (N, rows * cols, d).
+
+    ``cond_dim`` (not in Gato): FiLM layers after the lift and after the block, conditioned on
+    a (N, cond_dim) vector such as the instruction embedding, as RT-1 conditions its convs;
+    identity at initialisation.
     """
 
     def __init__(self, d_model: int, image_size: int, patch_size: int = 16,
-                 channels: int = 32) -> None:
+                 channels: int = 32, cond_dim: int | None = None) -> None:
         super().__init__()
         if image_size % patch_size or patch_size % 2:
             raise ValueError(f"image size {image_size} must be a multiple of patch_size "
@@ -286,6 +290,8 @@ class PatchTokenizer(nn.Module):
         self.grid = image_size // patch_size
         self.lift = nn.Conv2d(3, channels, 2, stride=2)
         self.block = ResNetV2Block(channels)
+        self.films = (nn.ModuleList([FiLM(cond_dim, channels), FiLM(cond_dim, channels)])
+                      if cond_dim else None)
         self.proj = nn.Linear(channels * (patch_size // 2) ** 2, d_model)
         self.row = nn.Parameter(torch.randn(self.grid, d_model) * 0.02)
         self.col = nn.Parameter(torch.randn(self.grid, d_model) * 0.02)
@@ -294,15 +300,22 @@ class PatchTokenizer(nn.Module):
     def num_patches(self) -> int:
         return self.grid * self.grid
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         n, _, h, w = images.shape
         if h != w or h // self.patch_size != self.grid:
             raise ValueError(f"image {h}x{w} does not give a {self.grid}x{self.grid} patch grid "
                              f"of {self.patch_size} px")
+        if (cond is None) != (self.films is None):
+            raise ValueError("cond is required exactly when the tokenizer has FiLM (cond_dim)")
         x = (images * 2.0 - 1.0) / math.sqrt(self.patch_size)  # Gato's patch normalisation
         x = rearrange(x, "n c (gh p1) (gw p2) -> (n gh gw) c p1 p2",
                       p1=self.patch_size, p2=self.patch_size)
-        x = self.block(self.lift(x))
+        x = self.lift(x)
+        if self.films is not None:
+            cond = cond.repeat_interleave(self.num_patches, dim=0)  # one row per patch
+            x = self.films[1](self.block(self.films[0](x, cond)), cond)
+        else:
+            x = self.block(x)
         x = self.proj(rearrange(x, "(n g) c h w -> n g (c h w)", n=n))  # (N, P, d)
         pos = rearrange(self.row, "r d -> r 1 d") + rearrange(self.col, "c d -> 1 c d")
         return x + rearrange(pos, "r c d -> (r c) d")

@@ -23,8 +23,9 @@ STATS = {
               "p99": [1.0] * 8},
 }
 VARIANTS = [("rt1_tiny", ()), ("gato_tiny", ()), ("gato_tiny", ("text_mode=subword",)),
-            ("rt1", ()), ("gato", ())]
-TINY = [("rt1_tiny", ()), ("gato_tiny", ()), ("gato_tiny", ("text_mode=subword",))]
+            ("gato_tiny", ("patch_film=true",)), ("rt1", ()), ("gato", ())]
+TINY = [("rt1_tiny", ()), ("gato_tiny", ()), ("gato_tiny", ("text_mode=subword",)),
+        ("gato_tiny", ("patch_film=true",))]
 
 
 def _ids(variants):
@@ -87,6 +88,7 @@ def test_presets_instantiate_their_dataclasses_and_sizes(compose_policy, env_inf
     (lambda: GatoConfig(text_mode="chars"), "chars"),
     (lambda: GatoConfig(resize_to=40), "resize_to=40"),
     (lambda: GatoConfig(action_bins=1), "action_bins=1"),
+    (lambda: GatoConfig(patch_film=True, text_mode="subword"), "patch_film=True"),
 ])
 def test_configs_name_the_bad_value(config, message) -> None:
     with pytest.raises(ValueError, match=message):
@@ -146,9 +148,13 @@ def test_padded_frames_do_not_affect_the_loss(build, make_batch, name, overrides
 # ------------------------------------------------------------------------------ acting
 
 
-@pytest.mark.parametrize("text_mode", ["sentence", "subword"])
-def test_gato_cached_decoding_equals_uncached(build, make_obs, text_mode) -> None:
-    policy = build("gato_tiny", (f"text_mode={text_mode}",))
+@pytest.mark.parametrize("override", ["text_mode=sentence", "text_mode=subword",
+                                      "patch_film=true"])
+def test_gato_cached_decoding_equals_uncached(build, make_obs, override) -> None:
+    policy = build("gato_tiny", (override,))
+    if policy.image_tokenizer.films is not None:  # FiLM starts as identity: make it matter
+        for film in policy.image_tokenizer.films:
+            torch.nn.init.normal_(film.proj.weight, std=0.1)
     assert isinstance(policy, GatoPolicy)
     steps = policy.config.history + 3  # well past the window: the cache slides
     runs = {}
@@ -165,6 +171,30 @@ def test_gato_cached_decoding_equals_uncached(build, make_obs, text_mode) -> Non
         assert np.array_equal(a, b)
     for a, b in zip(runs[True][1], runs[False][1], strict=True):
         assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_gato_patch_film_conditions_the_patches_on_the_instruction(build, make_batch) -> None:
+    policy = build("gato_tiny", ("patch_film=true",))
+    films = policy.image_tokenizer.films
+    batch = make_batch(b=3, t=policy.config.history)
+    loss, _ = policy(batch)
+    loss.backward()
+    # identity at start, but the gradient reaches the FiLM layers through the patches
+    assert all(f.proj.weight.grad is not None and f.proj.weight.grad.abs().sum() > 0
+               for f in films)
+    for film in films:
+        torch.nn.init.normal_(film.proj.weight, std=0.1)
+    policy.eval()
+    image = batch["image"][:1]
+    state = batch["state"][:1]
+    tokens = {}
+    for instruction in ("pick up the red block", "pick up the blue cylinder"):
+        cond = policy.text_tokens([instruction])[2]
+        tokens[instruction] = policy.observation_tokens(image, state, False, cond)
+    a, b = tokens.values()
+    patches = policy.image_tokenizer.num_patches
+    assert not torch.allclose(a[..., :patches, :], b[..., :patches, :])  # patches differ
+    assert torch.equal(a[..., patches:, :], b[..., patches:, :])  # state and separator do not
 
 
 def test_gato_cache_stays_bounded(build, make_obs) -> None:

@@ -189,6 +189,27 @@ def test_patch_tokenizer_cuts_96px_into_36_tokens_with_positions() -> None:
         PatchTokenizer(d_model=16, image_size=100)
 
 
+def test_patch_tokenizer_film_is_identity_at_start_and_then_reads_the_condition() -> None:
+    torch.manual_seed(0)
+    plain = PatchTokenizer(d_model=16, image_size=32, patch_size=16, channels=8)
+    torch.manual_seed(0)
+    film = PatchTokenizer(d_model=16, image_size=32, patch_size=16, channels=8, cond_dim=4)
+    film.load_state_dict(plain.state_dict(), strict=False)  # same convs, fresh FiLM
+    images = torch.rand(2, 3, 32, 32)
+    cond_a, cond_b = torch.randn(2, 4), torch.randn(2, 4)
+    assert torch.allclose(film(images, cond_a), plain(images), atol=1e-6)
+    for layer in film.films:
+        torch.nn.init.normal_(layer.proj.weight, std=0.5)
+    a, b = film(images, cond_a), film(images, cond_b)
+    assert a.shape == (2, 4, 16) and not torch.allclose(a, b)
+    # each sample's patches use that sample's condition only
+    assert torch.allclose(film(images[:1], cond_a[:1]), a[:1], atol=1e-6)
+    with pytest.raises(ValueError, match="cond is required"):
+        film(images)
+    with pytest.raises(ValueError, match="cond is required"):
+        plain(images, cond_a)
+
+
 def test_load_backbone_from_safetensors_with_a_prefix(tmp_path) -> None:
     torch.manual_seed(0)
     src = FiLMEfficientNet((8, 16), (2,), blocks=1, expand=2, cond_dim=4)
