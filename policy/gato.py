@@ -10,7 +10,10 @@ ResNet v2 block, row/column encodings); actions are mu-law companded and cut int
 causal over tokens; the output at the separator predicts a_0 and the output at a_i predicts
 a_i+1; the loss is on action tokens only. The text is either one token projected from the
 frozen sentence embedding (``text_mode="sentence"``) or WordPiece ids with learned embeddings
-(``text_mode="subword"``, Gato's own choice).
+(``text_mode="subword"``, Gato's own choice). ``patch_film`` (off by default; not Gato)
+also conditions the patch encoder on the sentence with FiLM, as RT-1 conditions its convs:
+at this project's scale Gato's attention alone did not ground the instruction
+(docs/RESULTS.md).
 
 Only local positions exist (a token's place within its step, Gato's "local position
 encodings", plus the patch row/column): nothing depends on a step's absolute index, so the
