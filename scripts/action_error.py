@@ -47,7 +47,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("store", help="episode store directory")
     ap.add_argument("checkpoints", nargs="+", help="checkpoint directories (save_pretrained)")
-    ap.add_argument("--samples", type=int, default=512, help="windows scored per checkpoint")
+    ap.add_argument("--samples", type=int, default=512,
+                    help="windows scored per checkpoint (held in memory)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
     ap.add_argument("--seed", type=int, default=0, help="which windows are drawn")
@@ -61,25 +62,28 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tasks = args.tasks.split(",") if args.tasks else None
 
-    datasets: dict[int, EpisodeDataset] = {}  # by history: windows differ, indices agree
+    # by history (windows differ, indices agree): the scored windows, read and collated once
+    # and reused by every checkpoint and the swapped pass (eval mode leaves batches unchanged)
+    batches: dict[int, list[dict]] = {}
     idx: np.ndarray | None = None
     results = {}
     for number, ckpt in enumerate(args.checkpoints, start=1):
         policy = Policy.from_pretrained(Path(ckpt))
         history = int(policy.config.history)
-        if history not in datasets:
-            datasets[history] = EpisodeDataset(args.store, history=history, tasks=tasks)
-        data = datasets[history]
-        if idx is None:
-            n = min(args.samples, len(data))
-            idx = np.random.default_rng(args.seed).choice(len(data), n, replace=False)
-        chunks = [idx[i:i + args.batch_size] for i in range(0, len(idx), args.batch_size)]
+        if history not in batches:
+            data = EpisodeDataset(args.store, history=history, tasks=tasks)
+            if idx is None:
+                n = min(args.samples, len(data))
+                idx = np.random.default_rng(args.seed).choice(len(data), n, replace=False)
+            chunks = [idx[i:i + args.batch_size] for i in range(0, len(idx), args.batch_size)]
+            batches[history] = [default_collate(data.__getitems__([int(j) for j in c]))
+                                for c in chunks]
         label = checkpoint_label(Path(ckpt))
         if label in results:
             label = f"{label} ({number})"
         for swap in (False, True) if args.swap_instructions else (False,):
-            batches = (default_collate(data.__getitems__([int(j) for j in c])) for c in chunks)
-            results[f"{label}, swapped" if swap else label] = action_error(policy, batches, swap)
+            results[f"{label}, swapped" if swap else label] = action_error(
+                policy, batches[history], swap)
         print(f"{label}: {policy.kind}, history {history}", flush=True)
     print(f"\nmean absolute action error, {len(idx)} windows of {args.store}"
           f"{' (tasks ' + args.tasks + ')' if tasks else ''}\n")
