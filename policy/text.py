@@ -96,11 +96,19 @@ class TextEncoder:
             missing = sorted({t for t in texts if t not in self._cache})
             if missing:
                 model = self._load()
-                with torch.inference_mode():
-                    emb = model.encode(missing, convert_to_tensor=True, batch_size=64,
-                                       show_progress_bar=False)
-                for text, row in zip(missing, emb.float().cpu(), strict=True):
-                    self._cache[text] = row.clone()
+                threads = torch.get_num_threads()
+                # One string per forward pass, on one thread: padding to a batch's longest
+                # string and the thread count each move the floats (~1e-7), which made a
+                # cached embedding depend on what it was first encoded with (issue 21).
+                torch.set_num_threads(1)
+                try:
+                    with torch.inference_mode():
+                        for text in missing:
+                            emb = model.encode([text], convert_to_tensor=True,
+                                               show_progress_bar=False)
+                            self._cache[text] = emb[0].float().cpu().clone()
+                finally:
+                    torch.set_num_threads(threads)
             if not texts:
                 return torch.zeros(0, self.dim)
             return torch.stack([self._cache[t] for t in texts])

@@ -8,7 +8,12 @@ import torch
 from safetensors.torch import save_file
 
 from envs.spec import DEFAULT_ACTION_SPEC, ActionDim, ActionSpec
-from policy.text import SubwordTokenizer, get_subword_tokenizer, get_text_encoder
+from policy.text import (
+    SubwordTokenizer,
+    TextEncoder,
+    get_subword_tokenizer,
+    get_text_encoder,
+)
 from policy.tokenizers.actions import MuLawActionTokenizer, UniformActionTokenizer, mu_law
 from policy.tokenizers.images import (
     FiLMEfficientNet,
@@ -112,6 +117,24 @@ def test_text_encoder_caches_by_string_and_is_shared(text_encoder) -> None:
     assert not torch.allclose(b, c)  # embeddings tell instructions apart
     with pytest.raises(TypeError, match="list of strings"):
         text_encoder.encode("pick up the red block")
+
+
+def test_text_embedding_depends_on_the_string_alone() -> None:
+    """Bit for bit the same embedding whether a string is first encoded in a batch with longer
+    strings (padding) or alone, at 2 torch threads or at 1: a policy's cached embedding must
+    not depend on what it was first encoded with (issue 21). Fails when encode() runs the
+    missing strings as one padded batch at the caller's thread count (differences ~1e-7)."""
+    texts = ["push the red cube to the left",
+             "place the small green cylinder on the yellow plate, then let go of it gently"]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        batched = TextEncoder().encode(texts)
+        torch.set_num_threads(1)
+        alone = TextEncoder().encode(texts[:1])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(batched[0], alone[0])
 
 
 def test_subword_tokens_handle_unknown_words_and_padding() -> None:
