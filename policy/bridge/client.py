@@ -150,8 +150,10 @@ class BridgeClient:
         deadline = time.monotonic() + self.timeout_s
         reply = self._receive(self.timeout_s)
         # The server answers in order, so a reply with another id belongs to a request we gave
-        # up on; acting on it would apply a stale action.
-        while request_id is not None and reply.get("id") not in (None, request_id):
+        # up on; acting on it would apply a stale action. An error reply without "id" answers
+        # a frame whose id the server could not read (docs/PROTOCOL.md): with one request in
+        # flight, it is ours.
+        while request_id is not None and "id" in reply and reply["id"] != request_id:
             reply = self._receive(max(deadline - time.monotonic(), 0.0))
         if reply["type"] == P.ERROR:
             raise BridgeError(str(reply.get("code")), str(reply.get("message")))
@@ -161,8 +163,9 @@ class BridgeClient:
 
     def reset(self, instruction: str) -> None:
         """Start an episode: clears this connection's frame history on the server."""
-        reply = self.request({"type": P.RESET, "instruction": instruction,
-                              "id": next(self._ids)})
+        # "id" first: a server that cannot read the rest of a frame still finds it.
+        reply = self.request({"id": next(self._ids), "type": P.RESET,
+                              "instruction": instruction})
         if reply["type"] != P.RESET_DONE:
             raise P.ProtocolError(P.E_BAD_MESSAGE, f"reply to reset has type {reply['type']!r}")
 
@@ -171,7 +174,7 @@ class BridgeClient:
         the listed dtype and shape (extra keys, e.g. the env's 'instruction', are not sent)."""
         wire = {k: observation[k] for k in self.metadata.observation if k in observation}
         start = time.perf_counter()
-        reply = self.request({"type": P.ACT, "observation": wire, "id": next(self._ids)})
+        reply = self.request({"id": next(self._ids), "type": P.ACT, "observation": wire})
         round_trip_ms = (time.perf_counter() - start) * 1e3
         if reply["type"] != P.ACTION:
             raise P.ProtocolError(P.E_BAD_MESSAGE, f"reply to act has type {reply['type']!r}")

@@ -62,6 +62,10 @@ TOKEN_SCHEME = "Bearer"
 TOKEN_ENV = "ROBOTOK_BRIDGE_TOKEN"  # where server and robot script read the token by default
 HEALTH_PATH = "/healthz"
 
+# Marks "the request had no id" (a request may carry `id: nil`, which is echoed as nil).
+NO_ID: Any = type("NoId", (), {"__repr__": lambda self: "NO_ID"})()
+MAX_NDIM = 32  # an array map with more dimensions is refused (numpy's own limit is 64)
+
 
 class ProtocolError(ValueError):
     """A message that does not follow the schema; `code` is one of ERROR_CODES."""
@@ -70,6 +74,12 @@ class ProtocolError(ValueError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def brief(value: Any, limit: int = 60) -> str:
+    """repr(value) cut to `limit` characters: error messages never echo a megabyte back."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 # --- arrays ---------------------------------------------------------------------------------
@@ -99,12 +109,13 @@ def encode_ndarray(array: np.ndarray) -> dict[str, Any]:
 def decode_ndarray(obj: dict[str, Any]) -> np.ndarray:
     """Rebuild an array from its wire map, or raise ProtocolError naming what is wrong."""
     dtype, shape, data = obj.get("dtype"), obj.get("shape"), obj.get("data")
-    if dtype not in ALLOWED_DTYPES:
-        raise ProtocolError(E_BAD_NDARRAY, f"array dtype {dtype!r} is not allowed; expected "
+    if not (isinstance(dtype, str) and dtype in ALLOWED_DTYPES):
+        raise ProtocolError(E_BAD_NDARRAY, f"array dtype {brief(dtype)} is not allowed; expected "
                                            f"one of {sorted(ALLOWED_DTYPES)}")
-    if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
-        raise ProtocolError(E_BAD_NDARRAY, f"array shape {shape!r} is not a list of "
-                                           "non-negative integers")
+    if not (isinstance(shape, list | tuple) and len(shape) <= MAX_NDIM
+            and all(type(s) is int and s >= 0 for s in shape)):
+        raise ProtocolError(E_BAD_NDARRAY, f"array shape {brief(shape)} is not a list of at most "
+                                           f"{MAX_NDIM} non-negative integers")
     if not isinstance(data, bytes):
         raise ProtocolError(E_BAD_NDARRAY, f"array data is {type(data).__name__}; expected "
                                            "msgpack bin (raw bytes)")
@@ -147,9 +158,10 @@ def unpack(payload: bytes | bytearray | memoryview) -> dict[str, Any]:
     return message
 
 
-def error_message(code: str, message: str, request_id: Any = None) -> dict[str, Any]:
+def error_message(code: str, message: str, request_id: Any = NO_ID) -> dict[str, Any]:
+    """An error reply; it carries `id` whenever the request's id could be read (nil too)."""
     reply: dict[str, Any] = {"type": ERROR, "code": code, "message": message}
-    if request_id is not None:
+    if request_id is not NO_ID:
         reply["id"] = request_id
     return reply
 
@@ -194,6 +206,7 @@ class BridgeMetadata:
     control_hz: float
     checkpoint_sha256: str
     max_message_bytes: int
+    max_instruction_chars: int | None = None  # None: a server from before the limit existed
     protocol_version: int = PROTOCOL_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. camera, renderer, task
 
@@ -224,6 +237,8 @@ class BridgeMetadata:
                 control_hz=float(wire["control_hz"]),
                 checkpoint_sha256=str(wire["checkpoint_sha256"]),
                 max_message_bytes=int(wire["max_message_bytes"]),
+                max_instruction_chars=(None if wire.get("max_instruction_chars") is None
+                                       else int(wire["max_instruction_chars"])),
                 protocol_version=int(wire["protocol_version"]),
                 extra=dict(wire.get("extra") or {}),
             )

@@ -2,9 +2,10 @@
 
 A robot's control loop connects, receives the metadata handshake (action spec, expected
 observation, control rate, checkpoint hash), sends `reset` with the instruction and then one
-`act` per control step. Every connection has its own session (frame history); all sessions
-share one model, and inference runs on a single worker thread so the asyncio loop keeps
-answering other robots, health checks and malformed requests while the model computes.
+`act` per control step. Every connection has its own session (frame history) and its own
+worker thread; all sessions share one model's weights. The asyncio loop only reads frames
+(requests.py: bounded work, the id first) and writes replies, so one robot's slow request
+never delays another robot's step, a health check or an error reply (issue 17).
 The schema is docs/PROTOCOL.md; the wire helpers are protocol.py.
 
 This module itself does not import torch: `load_served_policy` imports the policy package
@@ -23,7 +24,6 @@ import json
 import logging
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +37,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from . import protocol as P
+from .requests import Envelope, RequestError, peek_id, peek_text_id, read_envelope
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,15 @@ class ServerConfig:
     # Frames beyond this are refused by websockets itself (close code 1009) so that a peer
     # cannot make us buffer unbounded data; between the two limits we answer politely.
     hard_max_message_bytes: int = 8 << 20
-    ping_interval_s: float | None = 20.0  # keepalive; finds robots that vanished silently
+    # Keepalive: a ping every ping_interval_s; no pong within ping_timeout_s closes the
+    # connection with code 1011, so a robot that vanished silently is dropped within 40 s.
+    ping_interval_s: float | None = 20.0
+    ping_timeout_s: float | None = 20.0
+    # The env's instructions are at most 256 characters (envs/tabletop.py); longer text only
+    # costs the text encoder time and memory (issue 17: 1e6 characters took 750 ms).
+    max_instruction_chars: int = 256
+    # Each connection holds a worker thread and a session; more are refused with HTTP 503.
+    max_connections: int = 16
     torch_threads: int = 1  # one thread: FINDINGS.md measured 17x slowdowns when oversubscribed
 
     def __post_init__(self) -> None:
@@ -90,6 +99,9 @@ class ServerConfig:
             raise ValueError(f"server.port={self.port}; expected 0..65535")
         if self.max_message_bytes <= 0:
             raise ValueError(f"server.max_message_bytes={self.max_message_bytes}; expected > 0")
+        for name in ("max_instruction_chars", "max_connections"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"server.{name}={getattr(self, name)}; expected >= 1")
         if self.hard_max_message_bytes < self.max_message_bytes:
             raise ValueError(f"server.hard_max_message_bytes={self.hard_max_message_bytes} is "
                              f"below max_message_bytes={self.max_message_bytes}")
@@ -139,7 +151,10 @@ def rss_bytes() -> int:
 @dataclass
 class _Connection:
     session: Session
-    instruction: str | None = None
+    # One thread per connection: a slow request (a long reset, a stalled model call) holds
+    # up only the robot that sent it; a connection has at most one request in flight.
+    worker: ThreadPoolExecutor
+    instruction: str | None = None  # None: no episode (never reset, or the last reset failed)
     steps: int = 0
 
 
@@ -154,11 +169,10 @@ class PolicyServer:
             policy_kind=served.kind, action_spec=served.action_spec,
             observation=served.observation, state_names=tuple(served.state_names),
             control_hz=float(served.control_hz), checkpoint_sha256=served.checkpoint_sha256,
-            max_message_bytes=self.config.max_message_bytes, extra=served.extra)
+            max_message_bytes=self.config.max_message_bytes,
+            max_instruction_chars=self.config.max_instruction_chars, extra=served.extra)
         self._metadata_bytes = P.pack(self.metadata.to_wire())
         self._n_actions = len(served.action_spec["dims"])
-        # One worker: the model is used by one request at a time, in arrival order.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
         self._connections: dict[int, _Connection] = {}
         self._ids = itertools.count()
         self._started = time.monotonic()
@@ -188,7 +202,9 @@ class PolicyServer:
             response.headers["Content-Type"] = "application/json"
             return response
         if self.config.token:
-            presented = request.headers.get(P.TOKEN_HEADER, "")
+            # Exactly one header: with two, which one counts would be ambiguous.
+            values = request.headers.get_all(P.TOKEN_HEADER)
+            presented = values[0] if len(values) == 1 else ""
             expected = f"{P.TOKEN_SCHEME} {self.config.token}"
             # Constant-time comparison: the token guards a robot, do not leak it by timing.
             if not hmac.compare_digest(presented.encode(), expected.encode()):
@@ -197,75 +213,94 @@ class PolicyServer:
                 return connection.respond(
                     401, f"missing or wrong token: send header '{P.TOKEN_HEADER}: "
                          f"{P.TOKEN_SCHEME} <token>'\n")
+        if self.active_sessions >= self.config.max_connections:
+            return connection.respond(
+                503, f"server has {self.active_sessions} open connections; "
+                     f"max_connections={self.config.max_connections}\n")
         return None
 
     # --- websocket side ------------------------------------------------------------------------
 
     async def _handle(self, websocket: ServerConnection) -> None:
         conn_id = next(self._ids)
-        # On the inference thread: building a session may touch the model, and must not stall
-        # the event loop that is answering other robots.
-        self._connections[conn_id] = _Connection(session=await self._run(self.served.new_session))
-        log.info("connection %d from %s opened", conn_id, websocket.remote_address)
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"policy-{conn_id}")
         try:
+            # On the connection's worker: building a session may touch the model.
+            session = await self._run(worker, self.served.new_session)
+            conn = self._connections[conn_id] = _Connection(session=session, worker=worker)
+            log.info("connection %d from %s opened", conn_id, websocket.remote_address)
             await websocket.send(self._metadata_bytes)
             async for message in websocket:
-                reply = await self._dispatch(self._connections[conn_id], message)
-                await websocket.send(P.pack(reply))
+                await websocket.send(P.pack(await self._dispatch(conn, message)))
         except ConnectionClosed:
             pass  # a robot going away mid-episode is normal; its state is freed below
         finally:
-            # Drop the session (and its frame history) as soon as the robot is gone.
-            del self._connections[conn_id]
+            # Drop the session (and its frame history) as soon as the robot is gone; a call
+            # still running finishes on the worker, which then exits.
+            self._connections.pop(conn_id, None)
+            worker.shutdown(wait=False)
             log.info("connection %d closed", conn_id)
 
     async def _dispatch(self, conn: _Connection, message: str | bytes) -> dict[str, Any]:
         received = time.perf_counter()
-        request_id = None
+        request_id: Any = P.NO_ID
         try:
             if isinstance(message, str):
+                request_id = peek_text_id(message)
                 raise P.ProtocolError(P.E_NOT_BINARY, "got a text frame; expected a binary "
                                                       "frame holding one msgpack map")
             if len(message) > self.config.max_message_bytes:
+                request_id = peek_id(message)
                 raise P.ProtocolError(P.E_TOO_LARGE, f"message of {len(message)} bytes exceeds "
                                                      f"max_message_bytes="
                                                      f"{self.config.max_message_bytes}")
-            request = P.unpack(message)
-            request_id = request.get("id")
-            kind = request["type"]
+            envelope = read_envelope(message)  # the id first: every later error carries it
+            request_id = envelope.request_id
+            kind = envelope.kind()
             if kind == P.ACT:
-                reply = await self._act(conn, request, received)
+                reply = await self._act(conn, envelope, received)
             elif kind == P.RESET:
-                reply = await self._reset(conn, request, received)
+                reply = await self._reset(conn, envelope, received)
             else:
-                raise P.ProtocolError(P.E_UNKNOWN_TYPE, f"unknown message type {kind!r}; "
+                raise P.ProtocolError(P.E_UNKNOWN_TYPE, f"unknown message type {P.brief(kind)}; "
                                                         f"expected {P.RESET!r} or {P.ACT!r}")
             self.requests_served += 1
+        except RequestError as err:
+            self.errors_sent += 1
+            return P.error_message(err.code, err.message, err.request_id)
         except P.ProtocolError as err:
             self.errors_sent += 1
             return P.error_message(err.code, err.message, request_id)
-        if request_id is not None:
+        if request_id is not P.NO_ID:
             reply["id"] = request_id
         return reply
 
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+    @staticmethod
+    async def _run(worker: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
 
-    async def _reset(self, conn: _Connection, request: dict[str, Any],
+    @staticmethod
+    def _timing(received: float, decoded: float, started: float,
+                infer_s: float) -> dict[str, float]:
+        return {"decode_ms": (decoded - received) * 1e3, "queue_ms": (started - decoded) * 1e3,
+                "infer_ms": infer_s * 1e3, "total_ms": (time.perf_counter() - received) * 1e3}
+
+    async def _reset(self, conn: _Connection, envelope: Envelope,
                      received: float) -> dict[str, Any]:
-        instruction = request.get("instruction")
-        if "instruction" not in request:
-            raise P.ProtocolError(P.E_MISSING_KEY, "reset message lacks key 'instruction'")
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise P.ProtocolError(P.E_BAD_VALUE, f"reset 'instruction' is {instruction!r}; "
-                                                 "expected a non-empty string")
+        # A reset refused here leaves the running episode as it was.
+        instruction = envelope.instruction(self.config.max_instruction_chars)
         decoded = time.perf_counter()
-        started, infer_s = await self._run(self._reset_session, conn.session, instruction)
+        try:
+            started, infer_s = await self._run(conn.worker, self._reset_session, conn.session,
+                                               instruction)
+        except P.ProtocolError:
+            # The policy failed half-way: its history is unknown, so the episode is over and
+            # `act` answers not_reset until a reset succeeds.
+            conn.instruction, conn.steps = None, 0
+            raise
         conn.instruction, conn.steps = instruction, 0
-        return {"type": P.RESET_DONE, "server_timing": {
-            "decode_ms": (decoded - received) * 1e3, "queue_ms": (started - decoded) * 1e3,
-            "infer_ms": infer_s * 1e3, "total_ms": (time.perf_counter() - received) * 1e3}}
+        return {"type": P.RESET_DONE,
+                "server_timing": self._timing(received, decoded, started, infer_s)}
 
     @staticmethod
     def _reset_session(session: Session, instruction: str) -> tuple[float, float]:
@@ -277,32 +312,17 @@ class PolicyServer:
             raise P.ProtocolError(P.E_POLICY, f"policy reset failed: {err!r}") from None
         return started, time.perf_counter() - started
 
-    def _observation(self, request: dict[str, Any], instruction: str) -> dict[str, Any]:
-        if "observation" not in request:
-            raise P.ProtocolError(P.E_MISSING_KEY, "act message lacks key 'observation'")
-        raw = request["observation"]
-        if not isinstance(raw, dict):
-            raise P.ProtocolError(P.E_BAD_MESSAGE, f"act 'observation' is a "
-                                                   f"{type(raw).__name__}; expected a map")
-        observation: dict[str, Any] = {}
-        for key, spec in self.served.observation.items():
-            if key not in raw:
-                raise P.ProtocolError(P.E_MISSING_KEY, f"observation lacks key {key!r}; "
-                                                       f"expected keys "
-                                                       f"{sorted(self.served.observation)}")
-            observation[key] = spec.check(key, raw[key])
-        # The instruction comes from `reset`, as the env's observations carry it.
-        observation["instruction"] = instruction
-        return observation
-
-    async def _act(self, conn: _Connection, request: dict[str, Any],
+    async def _act(self, conn: _Connection, envelope: Envelope,
                    received: float) -> dict[str, Any]:
         if conn.instruction is None:
-            raise P.ProtocolError(P.E_NOT_RESET, "act before reset: send "
+            raise P.ProtocolError(P.E_NOT_RESET, "act before a successful reset: send "
                                                  "{'type': 'reset', 'instruction': ...} first")
-        observation = self._observation(request, conn.instruction)
+        observation: dict[str, Any] = envelope.observation(self.served.observation)
+        # The instruction comes from `reset`, as the env's observations carry it.
+        observation["instruction"] = conn.instruction
         decoded = time.perf_counter()
-        action, started, infer_s = await self._run(self._infer, conn.session, observation)
+        action, started, infer_s = await self._run(conn.worker, self._infer, conn.session,
+                                                   observation)
         action = np.asarray(action)
         if action.shape != (self._n_actions,) or not np.all(np.isfinite(action)):
             raise P.ProtocolError(P.E_POLICY, f"policy returned action of shape "
@@ -311,14 +331,11 @@ class PolicyServer:
                                               f"({self._n_actions},) finite")
         conn.steps += 1
         return {"type": P.ACTION, "action": action.astype(np.float32), "step": conn.steps,
-                "server_timing": {"decode_ms": (decoded - received) * 1e3,
-                                  "queue_ms": (started - decoded) * 1e3,
-                                  "infer_ms": infer_s * 1e3,
-                                  "total_ms": (time.perf_counter() - received) * 1e3}}
+                "server_timing": self._timing(received, decoded, started, infer_s)}
 
     @staticmethod
     def _infer(session: Session, observation: dict[str, Any]) -> tuple[np.ndarray, float, float]:
-        # Runs on the worker thread; `started` marks the end of any wait behind other robots.
+        # Runs on the connection's worker; `started` marks the end of the hand-over.
         started = time.perf_counter()
         try:
             action = session.select_action(observation)
@@ -338,6 +355,7 @@ class PolicyServer:
             max_size=self.config.hard_max_message_bytes,
             compression=None,  # images are incompressible noise to deflate; it only adds latency
             ping_interval=self.config.ping_interval_s,
+            ping_timeout=self.config.ping_timeout_s,
         ) as server:
             self.port = next(iter(server.sockets)).getsockname()[1]
             url = f"ws://{self.config.host}:{self.port}"
@@ -347,7 +365,6 @@ class PolicyServer:
                 on_ready(url)
             await stop.wait()
             log.info("shutting down: closing %d connection(s)", self.active_sessions)
-        self._executor.shutdown(wait=True)
 
 
 def run_server(served: ServedPolicy, config: ServerConfig,
@@ -372,59 +389,3 @@ def run_server(served: ServedPolicy, config: ServerConfig,
         await server.serve(stop, ready)
 
     asyncio.run(main())
-
-
-class ServerThread:
-    """A PolicyServer on its own event loop in a background thread (tests, benchmarks).
-
-    with ServerThread(served, ServerConfig(port=0)) as st:
-        client = BridgeClient(st.url)
-    """
-
-    def __init__(self, served: ServedPolicy, config: ServerConfig | None = None) -> None:
-        self.server = PolicyServer(served, config or ServerConfig(port=0))
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name="bridge-server", daemon=True)
-        self.url = ""
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self._loop)
-
-        async def body() -> None:
-            self._stop = asyncio.Event()
-
-            def on_ready(url: str) -> None:
-                self.url = url
-                self._ready.set()
-
-            await self.server.serve(self._stop, on_ready)
-
-        try:
-            self._loop.run_until_complete(body())
-        except BaseException as err:  # surface start-up failures in the caller's thread
-            self._error = err
-            self._ready.set()
-        finally:
-            self._loop.close()
-
-    def start(self, timeout: float = 10.0) -> ServerThread:
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise TimeoutError(f"bridge server did not start within {timeout} s")
-        if self._error is not None:
-            raise RuntimeError(f"bridge server failed to start: {self._error!r}") from self._error
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout)
-
-    def __enter__(self) -> ServerThread:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -9,14 +9,16 @@ serve script, SIGTERM) live in test_bridge_e2e.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import statistics
 import threading
 import time
 import urllib.error
 import urllib.request
 import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import msgpack
 import numpy as np
@@ -34,7 +36,8 @@ from policy.bridge.client import (
     BridgeTimeout,
     ServerMismatch,
 )
-from policy.bridge.server import ServedPolicy, ServerConfig, ServerThread
+from policy.bridge.server import ServedPolicy, ServerConfig
+from policy.bridge.thread import ServerThread
 
 IMAGE_SHAPE = (32, 32, 3)
 N_ACT = len(DEFAULT_ACTION_SPEC)
@@ -79,10 +82,18 @@ class HistoryPolicy:
         return torch.tanh(self.net.head(x)).numpy().astype(np.float32)
 
 
-def make_served(net: TinyNet, sessions: list | None = None,
-                delay_s: float = 0.0) -> ServedPolicy:
+def make_served(net: TinyNet, sessions: list | None = None, delay_s: float = 0.0,
+                on_reset: Callable[[str], None] | None = None) -> ServedPolicy:
     def new_session() -> HistoryPolicy:
         session = HistoryPolicy(net)
+        if on_reset is not None:
+            inner_reset = session.reset
+
+            def reset(instruction: str) -> None:
+                on_reset(instruction)  # may block or raise, as a slow or broken policy would
+                inner_reset(instruction)
+
+            session.reset = reset  # type: ignore[method-assign]
         if delay_s:
             inner = session.select_action
 
@@ -250,7 +261,7 @@ def test_malformed_request_gets_error_reply_and_serving_continues(
 
 def test_act_before_reset_is_an_error_then_served(server: ServerThread) -> None:
     with BridgeClient(server.url) as client:
-        with pytest.raises(BridgeError, match="act before reset") as err:
+        with pytest.raises(BridgeError, match="act before a successful reset") as err:
             client.act(GOOD)
         assert err.value.code == "not_reset"
         client.reset("pick up the block")
@@ -263,6 +274,289 @@ def test_request_id_is_echoed(server: ServerThread) -> None:
         assert reply == {"type": "reset_done", "id": "abc", "server_timing": reply["server_timing"]}
         with pytest.raises(BridgeError):
             client.request({"type": "act", "id": 5})
+
+
+# --- issue 17: ids, bounds, isolation -----------------------------------------------------
+
+
+def _array(**override: object) -> dict:
+    image = {"__ndarray__": True, "dtype": "uint8", "shape": list(IMAGE_SHAPE),
+             "data": GOOD["image"].tobytes()}
+    return {**image, **override}
+
+
+def _act_with(image: dict, request_id: object = 41) -> bytes:
+    state = P.encode_ndarray(GOOD["state"])
+    # id first, as docs/PROTOCOL.md recommends: even a frame cut short then names it
+    return msgpack.packb({"id": request_id, "type": "act",
+                          "observation": {"image": image, "state": state}}, use_bin_type=True)
+
+
+# Issue 17, case 1: every request that carried an id got an error reply without it.
+ID_CASES = {
+    "wrong_byte_count": (lambda: _act_with(_array(data=GOOD["image"].tobytes()[:-3])),
+                         "bad_ndarray", "has 3069 bytes"),
+    "disallowed_dtype": (lambda: _act_with(_array(dtype="object")), "bad_ndarray",
+                         "'object' is not allowed"),
+    "non_string_dtype": (lambda: _act_with(_array(dtype=["uint8"])), "bad_ndarray",
+                         "dtype is a msgpack array"),
+    "negative_shape": (lambda: _act_with(_array(shape=[-32, 32, 3])), "bad_ndarray",
+                       "[-32, 32, 3] is not a list"),
+    "float_shape": (lambda: _act_with(_array(shape=[32.0, 32, 3])), "bad_ndarray",
+                    "[32.0, 32, 3] is not a list"),
+    "huge_shape": (lambda: _act_with(_array(shape=[2**62, 2**62, 3])), "bad_ndarray",
+                   "3072 bytes; shape"),
+    "data_as_string": (lambda: _act_with(_array(data="pixels")), "bad_ndarray",
+                       "data is a msgpack str"),
+    "no_type": (lambda: msgpack.packb({"id": 41}), "missing_key", "no 'type' key"),
+    "integer_type": (lambda: msgpack.packb({"type": 5, "id": 41}), "bad_message",
+                     "'type' is a msgpack int"),
+    "too_large_720p_frame": (lambda: P.pack({"type": "act", "id": 41, "observation": {
+        "image": np.zeros((720, 1280, 3), np.uint8), "state": GOOD["state"]}}),
+        "too_large", "exceeds max_message_bytes"),
+    "not_msgpack_truncated": (lambda: _act_with(_array())[:-5], "not_msgpack",
+                              "not valid msgpack"),
+    "not_msgpack_trailing_bytes": (lambda: P.pack({"id": 41, "type": "act"}) + b"\xc1",
+                                   "not_msgpack", "follow the request map"),
+    "not_binary_json_text": (lambda: json.dumps({"type": "reset", "id": 41}), "not_binary",
+                             "text frame"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ID_CASES))
+def test_error_reply_carries_the_request_id(server: ServerThread, case: str) -> None:
+    payload, code, fragment = ID_CASES[case]
+    with BridgeClient(server.url) as client:  # raw send/recv: the reply's keys as sent
+        client.reset("stack the blocks")
+        client._ws.send(payload())
+        reply = P.unpack(client._ws.recv(timeout=5))
+        assert reply["type"] == "error" and reply["code"] == code, reply
+        assert fragment in reply["message"]
+        assert reply["id"] == 41, f"{case}: error reply lacks the request's id: {reply}"
+        assert client.act(GOOD).step == 1  # and the connection keeps serving
+
+
+@pytest.mark.parametrize("payload", [b"\xc1\x00", b"\x93\x01\x02\x03", "plain text"])
+def test_unparsable_frame_gets_an_error_reply_without_id(server: ServerThread,
+                                                         payload: bytes | str) -> None:
+    # Nothing in these frames names an id; docs/PROTOCOL.md tells clients to take an error
+    # reply without "id" as the answer to their oldest unanswered request.
+    with BridgeClient(server.url) as client:
+        client._ws.send(payload)
+        reply = P.unpack(client._ws.recv(timeout=5))
+        assert reply["type"] == "error" and "id" not in reply
+        with pytest.raises(BridgeError):  # and the Python client takes it as its reply
+            client.request_raw(payload, request_id=99)
+
+
+def test_nil_id_is_echoed(server: ServerThread) -> None:
+    # Issue 17, case 2: `id: nil` came back without the key.
+    with BridgeClient(server.url) as client:
+        client._ws.send(msgpack.packb({"type": "reset", "instruction": "x", "id": None}))
+        reply = P.unpack(client._ws.recv(timeout=5))
+        assert reply["type"] == "reset_done" and "id" in reply and reply["id"] is None
+        client._ws.send(msgpack.packb({"type": "act", "id": None}))
+        reply = P.unpack(client._ws.recv(timeout=5))
+        assert reply["code"] == "missing_key" and "id" in reply and reply["id"] is None
+
+
+ODD_IDS = {
+    "ext_type": (msgpack.ExtType(5, b"\x01"), "extension (type 5)"),
+    "timestamp": (msgpack.Timestamp(1_700_000_000, 0), "type -1, a timestamp"),
+    "array": ([1, 2], "msgpack array"),
+    "map": ({"n": 1}, "msgpack map"),
+    "binary": (b"\x01\x02", "msgpack bin"),
+    "long_string": ("i" * 257, "257 characters"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ODD_IDS))
+def test_non_scalar_or_extension_id_is_refused(server: ServerThread, case: str) -> None:
+    # Issue 17, case 2: extension ids were echoed although the document rules them out.
+    request_id, fragment = ODD_IDS[case]
+    with BridgeClient(server.url) as client:
+        client._ws.send(msgpack.packb({"type": "reset", "instruction": "x", "id": request_id},
+                                      use_bin_type=True, datetime=False))
+        reply = P.unpack(client._ws.recv(timeout=5))
+        assert reply["type"] == "error" and reply["code"] == "bad_value"
+        assert "request 'id' is" in reply["message"] and fragment in reply["message"]
+        assert "expected nil, a boolean, an integer, a float or a string" in reply["message"]
+        assert "id" not in reply  # an id the server refuses is never echoed
+        with pytest.raises(BridgeError, match="not_reset"):  # the reset was not performed
+            client.act(GOOD)
+
+
+def test_array_map_with_5000_dimensions_is_bad_ndarray(server: ServerThread) -> None:
+    # Issue 17, case 3: it got not_msgpack (numpy refused the reshape inside the decoder).
+    with BridgeClient(server.url) as client:
+        client.reset("x")
+        with pytest.raises(BridgeError) as err:
+            client.request_raw(_act_with(_array(shape=[0] * 5000, data=b"")), request_id=41)
+        assert err.value.code == "bad_ndarray"
+        assert "shape has 5000 dimensions; expected at most 32" in err.value.message
+    with pytest.raises(P.ProtocolError, match="5000 entries|at most 32"):  # the client side too
+        P.decode_ndarray({"dtype": "uint8", "shape": [0] * 5000, "data": b""})
+
+
+def test_instruction_longer_than_the_limit_is_bad_value(server: ServerThread) -> None:
+    # Issue 17, case 4: a 1,000,000-character instruction was encoded (750 ms, +53 MB RSS).
+    limit = ServerConfig().max_instruction_chars
+    with BridgeClient(server.url) as client:
+        assert client.metadata.max_instruction_chars == limit == 256
+        client.reset("é" * limit)  # counted in characters, not UTF-8 bytes
+        for n in (limit + 1, 60_000):  # the fixture answers too_large above 64 KiB
+            with pytest.raises(BridgeError) as err:
+                client.reset("a" * n)
+            assert err.value.code == "bad_value"
+            assert f"at most {limit} characters" in err.value.message
+            assert len(err.value.message) < 200  # the instruction is never echoed back
+        for blank in ("", "   "):
+            with pytest.raises(BridgeError, match="bad_value"):
+                client.reset(blank)
+
+
+def test_refused_reset_mid_episode_keeps_the_episode(server: ServerThread, net: TinyNet) -> None:
+    local = HistoryPolicy(net)
+    local.reset("stack the blocks")
+    obs = observations(30, 3)
+    with BridgeClient(server.url) as client:
+        client.reset("stack the blocks")
+        np.testing.assert_array_equal(client.select_action(obs[0]), local.select_action(obs[0]))
+        with pytest.raises(BridgeError, match="bad_value"):
+            client.reset("a" * 10_000)
+        # same instruction, same history, step count goes on
+        result = client.act(obs[1])
+        np.testing.assert_array_equal(result.action, local.select_action(obs[1]))
+        assert result.step == 2
+
+
+def test_failed_reset_mid_episode_ends_the_episode(net: TinyNet) -> None:
+    def on_reset(instruction: str) -> None:
+        if instruction == "explode":
+            raise RuntimeError("text encoder out of memory")
+
+    with (ServerThread(make_served(net, on_reset=on_reset), ServerConfig(port=0)) as st,
+          BridgeClient(st.url) as client):
+        client.reset("stack the blocks")
+        assert client.act(GOOD).step == 1
+        with pytest.raises(BridgeError, match="policy_error"):
+            client.reset("explode")
+        with pytest.raises(BridgeError, match="not_reset"):  # the episode is over
+            client.act(GOOD)
+        client.reset("stack the blocks")
+        assert client.act(GOOD).step == 1
+
+
+def test_step_counts_only_served_acts(server: ServerThread) -> None:
+    with BridgeClient(server.url) as client:
+        client.reset("x")
+        assert client.act(GOOD).step == 1
+        for payload in (_act({**GOOD, "image": GOOD["image"][:16]}), b"\xc1", "text"):
+            with pytest.raises(BridgeError):
+                client.request_raw(payload)
+        assert client.act(GOOD).step == 2
+        client.reset("x")
+        assert client.act(GOOD).step == 1
+
+
+def test_slow_request_of_one_robot_does_not_block_another(net: TinyNet) -> None:
+    # Issue 17, case 4: a slow reset held the only inference thread and every robot waited.
+    # Here robot A's reset never finishes until the test says so; robot B must be served
+    # throughout. Structural, no clock: with one shared worker B would time out.
+    entered, release = threading.Event(), threading.Event()
+
+    def on_reset(instruction: str) -> None:
+        if instruction == "slow":
+            entered.set()
+            assert release.wait(30)
+
+    with ServerThread(make_served(net, on_reset=on_reset), ServerConfig(port=0)) as st:
+        a = BridgeClient(st.url, timeout_s=30)
+        a_done = threading.Event()
+        thread = threading.Thread(target=lambda: (a.reset("slow"), a_done.set()))
+        thread.start()
+        try:
+            assert entered.wait(10)
+            with BridgeClient(st.url, timeout_s=5) as b:
+                b.reset("pick up the block")
+                steps = [b.act(o).step for o in observations(31, 10)]
+            assert steps == list(range(1, 11))
+            assert not a_done.is_set()  # all of B's steps were served while A's reset ran
+        finally:
+            release.set()
+            thread.join(30)
+            a.close()
+        assert a_done.is_set()
+
+
+def _worst_requests() -> list[bytes]:
+    """The costliest frames the limits allow: the largest frame of msgpack the server must
+    walk, an array map with thousands of dimensions and a maximal new instruction."""
+    import struct
+
+    n = ServerConfig().max_message_bytes - 64
+    junk_map = (b"\x83\xa4type\xa3act\xa2id\x01\xabobservation" + b"\xdd"
+                + struct.pack(">I", n - 32) + b"\x80" * (n - 32))
+    limit = ServerConfig().max_instruction_chars
+    return [junk_map, _act_with(_array(shape=[0] * 5000, data=b"")),
+            P.pack({"type": "reset", "instruction": "w" * limit, "id": 2})]
+
+
+def test_second_robot_stays_on_time_while_the_first_sends_the_worst_requests(
+        net: TinyNet) -> None:
+    # Robot A: the worst frames the limits allow, back to back, and a maximal instruction
+    # whose reset takes 200 ms (a slow text encoder, without using the CPU). Robot B: 10 Hz.
+    # Asserted on the server's own clocks: B never queued behind A's 200 ms reset, and B's
+    # requests were served well within its control period.
+    reset_s = 0.2
+
+    def on_reset(instruction: str) -> None:
+        if instruction.startswith("w"):
+            time.sleep(reset_s)
+
+    config = ServerConfig(port=0)
+    with ServerThread(make_served(net, on_reset=on_reset), config) as st:
+        stop = threading.Event()
+        sent = [0]
+
+        def robot_a() -> None:
+            with BridgeClient(st.url, timeout_s=10) as a:
+                while not stop.is_set():
+                    for payload in _worst_requests():
+                        with contextlib.suppress(BridgeError):
+                            a.request_raw(payload)
+                        sent[0] += 1
+
+        thread = threading.Thread(target=robot_a)
+        thread.start()
+        timings = []
+        try:
+            with BridgeClient(st.url, timeout_s=5) as b:
+                b.reset("pick up the block")
+                next_tick = time.monotonic()
+                for obs in observations(32, 20):
+                    timings.append(b.act(obs).server_timing)
+                    next_tick += 0.1
+                    time.sleep(max(next_tick - time.monotonic(), 0))
+        finally:
+            stop.set()
+            thread.join(30)
+        assert sent[0] >= 6, "robot A did not get its worst requests in"
+        assert max(t.queue_ms for t in timings) < reset_s * 1e3
+        assert statistics.median(t.total_ms for t in timings) < 50.0  # period: 100 ms
+
+
+def test_metadata_and_health_document_their_keys(server: ServerThread) -> None:
+    # docs/PROTOCOL.md lists each metadata key and /healthz counter; keep the lists true.
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md").read_text()
+    with BridgeClient(server.url) as client:
+        wire = client.metadata.to_wire()
+    for key in wire:
+        assert f"| `{key}` |" in doc, f"metadata key {key!r} is not in the table"
+    for key in server.server.health():
+        assert f"`{key}`" in doc, f"/healthz key {key!r} is not documented"
 
 
 # --- sessions ----------------------------------------------------------------------------------
@@ -369,6 +663,21 @@ def test_token_is_required_and_a_wrong_token_rejected(net: TinyNet,
         with BridgeClient(st.url, token="s3cret") as client:
             client.reset("pick up the block")
             assert client.select_action(GOOD).shape == (N_ACT,)
+        # docs/PROTOCOL.md: the header name is case-insensitive, its value matched exactly
+        from websockets.sync.client import connect
+
+        def status(headers: list[tuple[str, str]]) -> int:
+            try:
+                with connect(st.url, additional_headers=headers, proxy=None):
+                    return 101
+            except InvalidStatus as err:
+                return err.response.status_code
+
+        assert status([("authorization", "Bearer s3cret")]) == 101
+        for value in ("bearer s3cret", "Bearer  s3cret", "Bearer s3cret2", "Bearer S3cret",
+                      "Basic s3cret", "s3cret"):
+            assert status([("Authorization", value)]) == 401, value
+        assert status([("Authorization", "Bearer s3cret")] * 2) == 401
 
 
 def test_client_times_out_on_a_slow_server(net: TinyNet) -> None:
@@ -395,10 +704,10 @@ def test_protocol_doc_byte_examples_match_the_encoder() -> None:
     hex_blocks = [bytes.fromhex(" ".join(b.split())) for b in blocks
                   if b.strip() and all(len(t) == 2 for t in b.split())]
     assert len(hex_blocks) == 2
-    assert P.unpack(hex_blocks[0]) == {"type": "reset", "instruction": "pick up the red block",
-                                       "id": 1}
-    assert hex_blocks[0] == P.pack({"type": "reset", "instruction": "pick up the red block",
-                                    "id": 1})
+    assert P.unpack(hex_blocks[0]) == {"id": 1, "type": "reset",
+                                       "instruction": "pick up the red block"}
+    assert hex_blocks[0] == P.pack({"id": 1, "type": "reset",
+                                    "instruction": "pick up the red block"})
     array = np.array([0.0, 1.0], dtype=np.float32)
     assert hex_blocks[1] == msgpack.packb(P.encode_ndarray(array), use_bin_type=True)
 
