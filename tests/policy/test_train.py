@@ -266,22 +266,44 @@ def _env() -> dict[str, str]:
     return env
 
 
-def test_torchrun_two_cpu_processes_share_one_run_dir(store: Path, tmp_path: Path) -> None:
+def _metrics(run_dir: Path, key: str) -> list[float]:
+    return [OmegaConf.create(x)[key] for x in (run_dir / METRICS_FILE).read_text().splitlines()
+            if '"loss"' in x]
+
+
+def test_torchrun_two_processes_train_like_one(store: Path, tmp_path: Path) -> None:
+    """2 ranks x batch 4 under torchrun == 1 process x batch 8: the same per-step loss and
+    gradient norm (to 1e-5) and the same weights after 4 steps (to 1e-5; measured 2e-6).
+
+    Shown to fail on broken builds of policy/train/loop.py: without the DDP wrapper (ranks
+    step on their own half batch) grad_norm is off by 4e-3 relative and weights by 6e-5; with
+    gradients summed instead of averaged grad_norm doubles (the weights alone would not tell:
+    AdamW and clipping do not see a gradient's scale). Augmentation is off: its draws come
+    from per-rank RNG streams, which a single process cannot reproduce.
+    """
+    same = [*TINY, *SUBWORD, f"data.path={store}", "train.checkpoint_every=0",
+            "policy.augment_shift=0", "+policy.augment_mirror=0"]
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", str(SCRIPT), *TINY, *SUBWORD,
-           f"data.path={store}", "train.checkpoint_every=0", "name=ddp"]
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", str(SCRIPT), *same, "name=ddp"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((tmp_path / "outputs").glob("*/*"))
-    assert len(runs) == 1 and runs[0].name.endswith("_ddp"), runs
+    assert len(runs) == 1 and runs[0].name.endswith("_ddp"), runs  # one shared run dir
     ckpts = sorted(p.name for p in (runs[0] / "checkpoints").glob("step_*"))
     assert ckpts == ["step_00000004"]
     state = load_training_state(runs[0] / "checkpoints" / ckpts[0] / TRAINING_STATE)
     assert state.progress.world_size == 2 and len(state.rng) == 2
     assert state.progress.samples_seen == 4 * 8  # global batch 8 = 2 ranks x 4
     assert not torch.equal(state.rng[0]["torch"], state.rng[1]["torch"])  # per-rank streams
-    assert Policy.from_pretrained(runs[0] / "checkpoints" / ckpts[0])
+
+    one = run(same, tmp_path / "one")
+    for key in ("loss", "grad_norm"):
+        assert _metrics(runs[0], key) == pytest.approx(_metrics(one.run_dir, key), rel=1e-5), key
+    a, b = _weights(runs[0] / "checkpoints" / ckpts[0]), _weights(one.last_checkpoint)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=k)
 
 
 def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(store: Path,
