@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import statistics
 import threading
 import time
@@ -710,6 +711,70 @@ def test_protocol_doc_byte_examples_match_the_encoder() -> None:
                                     "instruction": "pick up the red block"})
     array = np.array([0.0, 1.0], dtype=np.float32)
     assert hex_blocks[1] == msgpack.packb(P.encode_ndarray(array), use_bin_type=True)
+
+
+def test_protocol_doc_examples_match_the_reference_checkpoint() -> None:
+    # Issue 17, case 5: the document showed [96, 96, 3] where rt1_full wants [64, 64, 3].
+    from pathlib import Path
+
+    from policy.bridge.server import checkpoint_sha256
+
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "PROTOCOL.md").read_text()
+    ckpt = root / "policy" / "pretrained" / "rt1_full"
+    env = json.loads((ckpt / "env.json").read_text())
+    shape = env["image_shape"]
+    assert f'"image": {{"shape": {shape}, "dtype": "uint8"}}' in doc
+    assert f"<ndarray uint8 {shape}>" in doc
+    assert f"expected {shape}\"" in doc  # the error example
+    camera = env["camera"]
+    for field in ("eye", "target", "up", "fov_deg", "jitter_m"):
+        assert f"| `{field}` | {camera[field]} |" in doc, field
+    assert f"| `near`, `far` | {camera['near']}, {camera['far']} |" in doc
+    assert f"| {camera['width']}, {camera['height']}, {camera['image_shape']} |" in doc
+    assert checkpoint_sha256(ckpt) in doc
+    for dim in json.loads((ckpt / "action_spec.json").read_text())["dims"]:
+        rows = [line for line in doc.splitlines()
+                if re.match(rf"\| [\d-]+ \| [^|]*\b{dim['name']}\b", line)]
+        assert any(f"| {dim['unit']} | {dim['scale']} |" in row for row in rows), dim
+    assert f"(default `{ServerConfig().max_instruction_chars}`)" in doc
+    assert f"`control_hz` = {env['control_hz']}" in doc
+
+
+def test_unanswered_ping_closes_the_connection_with_1011(net: TinyNet) -> None:
+    # docs/PROTOCOL.md: a client that never answers pings is closed with code 1011. A raw
+    # socket does the websocket handshake and then never reads, so never sends a pong.
+    import base64
+    import os
+    import socket
+    import struct
+
+    config = ServerConfig(port=0, ping_interval_s=0.2, ping_timeout_s=0.2)
+    with ServerThread(make_served(net), config) as st:
+        host, port = st.url.removeprefix("ws://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=20) as sock:
+            key = base64.b64encode(os.urandom(16)).decode()
+            sock.sendall((f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                          f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                          "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+            data = b""
+            while chunk := sock.recv(1 << 16):  # until the server closes the connection
+                data += chunk
+    head, frames = data.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 101")
+    opcodes, close_codes, i = [], [], 0
+    while i < len(frames):  # server frames are unmasked: opcode, length, payload
+        opcode, n, i = frames[i] & 0x0F, frames[i + 1] & 0x7F, i + 2
+        if n >= 126:
+            width = 2 if n == 126 else 8
+            n, i = int.from_bytes(frames[i:i + width], "big"), i + width
+        opcodes.append(opcode)
+        if opcode == 0x8:
+            close_codes.append(struct.unpack(">H", frames[i:i + 2])[0])
+        i += n
+    assert opcodes[0] == 0x2  # the metadata
+    assert 0x9 in opcodes  # a ping, never answered
+    assert close_codes == [1011]
 
 
 def test_frame_above_hard_limit_closes_only_that_connection(net: TinyNet) -> None:
