@@ -66,6 +66,8 @@ class SplitConfig:
     templates: tuple[str, ...] = ()  # non-empty: replaces the task's instruction templates
     object_set: str = ""  # path of a user object set YAML (envs/catalog.py); its objects
     #                       become the targets, in the colours the set allows
+    scene_set: str = ""  # path of a scene set YAML (envs/scenes.py); its tables replace
+    #                      `tables`, its light ranges (if any) the ones above
 
     def __post_init__(self) -> None:
         known = set(BUILTIN_OBJECTS)

@@ -14,6 +14,7 @@ Each action is held for 24 physics substeps (240 Hz physics, 10 Hz control).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import string
 from typing import Any
@@ -40,6 +41,7 @@ from envs.catalog import (
     load_object_set,
 )
 from envs.robot import Panda, Workspace
+from envs.scenes import SceneSet, TableLook, TextureFiles, load_scene_set
 from envs.spec import (
     CONTROL_HZ,
     DEFAULT_ACTION_SPEC,
@@ -99,6 +101,14 @@ class TabletopEnv(gym.Env):
                            for c in (d.colours or tuple(k for k in COLOURS if k != "black")))
             self.split = resolve_split(split, {**(split_overrides or {}),
                                                "target_combos": combos})
+        self.scene_set: SceneSet | None = None
+        if self.split.scene_set:
+            self.scene_set = load_scene_set(self.split.scene_set)
+            light = self.scene_set.light or {}
+            self.split = dataclasses.replace(
+                self.split, **{f"light_{k}" if k != "ambient" else k: v
+                               for k, v in light.items()})
+        self.tables = self._table_looks()
         self.task_name = task
         self.task = TASK_CLASSES[task](defs)
         self.max_steps = int(max_steps or self.task.max_steps)
@@ -240,6 +250,8 @@ class TabletopEnv(gym.Env):
             self._build_table()
             self.robot = Panda(c, (0.0, 0.0, self.table_z), self.workspace)
             self._textures: dict[str, int] = {}
+            self._texture_files = TextureFiles()
+            self._generated: dict[int, tuple[str, np.ndarray]] = {}
             self._empty_state = p.saveState(physicsClientId=c)
             return
         keep = {self.table, self.robot.body} if self.robot is not None else set()
@@ -258,21 +270,56 @@ class TabletopEnv(gym.Env):
                                        physicsClientId=c)
         p.changeDynamics(self.table, -1, lateralFriction=0.8, physicsClientId=c)
 
+    def _table_looks(self) -> tuple[TableLook, ...]:
+        """The named table looks this split draws from: the scene set's, or the catalogue's."""
+        if self.scene_set is not None:
+            return self.scene_set.tables
+        return tuple(
+            TableLook(t, texture=f"{PYBULLET_DATA}/{TABLE_TEXTURES[t]}") if t in TABLE_TEXTURES
+            else TableLook(t, colour=tuple(TABLE_COLOURS[t][:3]))  # type: ignore[arg-type]
+            for t in self.split.tables)
+
+    def _texture(self, key: str, make) -> int:
+        """Texture id for `key`, loaded on first use: PyBullet never frees a texture, so
+        each file or generated table is loaded once per env."""
+        if key not in self._textures:
+            self._textures[key] = make()
+        return self._textures[key]
+
+    def _draw_table(self) -> None:
+        """This episode's table look (from self.np_random): a generated table in
+        `procedural.share` of episodes when the scene set has them, else a named look."""
+        rng, c = self.np_random, self.client
+        proc = self.scene_set.procedural if self.scene_set is not None else None
+        if proc is not None and (not self.tables or rng.uniform() < proc.share):
+            index = int(rng.integers(proc.bank))
+            if index not in self._generated:  # ~10 ms to make; 12 kB to keep
+                self._generated[index] = proc.table(index)
+            family, image = self._generated[index]
+            self.table_look = f"procedural/{family}/{index}"
+            if family == "flat":
+                p.changeVisualShape(self.table, -1, textureUniqueId=-1,
+                                    rgbaColor=[*(image[0, 0] / 255).tolist(), 1.0],
+                                    physicsClientId=c)
+                return
+            tex = self._texture(self.table_look,
+                                lambda: self._texture_files.load(image, c))
+        else:
+            look = self.tables[int(rng.integers(len(self.tables)))]
+            self.table_look = look.name
+            if look.texture is None:
+                p.changeVisualShape(self.table, -1, textureUniqueId=-1,
+                                    rgbaColor=[*look.colour, 1.0], physicsClientId=c)
+                return
+            tex = self._texture(look.texture,
+                                lambda: p.loadTexture(look.texture, physicsClientId=c))
+        p.changeVisualShape(self.table, -1, textureUniqueId=tex, rgbaColor=[1, 1, 1, 1],
+                            physicsClientId=c)
+
     def _draw_appearance(self) -> None:
         """Table look, lighting and camera jitter for this episode (from self.np_random)."""
-        rng, s, c = self.np_random, self.split, self.client
-        table = s.tables[int(rng.integers(len(s.tables)))]
-        if table in TABLE_TEXTURES:
-            if table not in self._textures:  # loaded once per env: textures are not freed
-                self._textures[table] = p.loadTexture(f"{PYBULLET_DATA}/{TABLE_TEXTURES[table]}",
-                                                      physicsClientId=c)
-            tex = self._textures[table]
-            p.changeVisualShape(self.table, -1, textureUniqueId=tex, rgbaColor=[1, 1, 1, 1],
-                                physicsClientId=c)
-        else:
-            p.changeVisualShape(self.table, -1, rgbaColor=list(TABLE_COLOURS[table]),
-                                physicsClientId=c)
-        self.table_look = table
+        rng, s = self.np_random, self.split
+        self._draw_table()
         az = rng.uniform(*s.light_azimuth)
         el = rng.uniform(*s.light_elevation)
         direction = (math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el))
