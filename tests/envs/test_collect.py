@@ -187,3 +187,18 @@ def test_failures_rejected_or_kept_marked(tmp_path: Path) -> None:
     assert report.kept == 2 and store.num_episodes == 2
     assert not store.load(keys=()).success.any()  # kept, marked as failures
     assert set(store.seeds().tolist()) == {10, 11}  # the rejected seeds were not retried
+
+
+def test_collection_stops_at_the_evaluation_seed_range(tmp_path: Path) -> None:
+    """A run started just below EVAL_SEED_START collects the seeds below it, then refuses
+    to go on rather than record evaluation scenes as training data (the runtime guard in
+    envs/collect.py `seed_task`, beside the config check of seed_start). Shown to fail on a
+    build without that guard: the run then completes with seeds >= EVAL_SEED_START."""
+    from envs.spec import EVAL_SEED_START
+
+    cfg = CollectConfig(output=str(tmp_path / "demos"), episodes=4, workers=1, image_size=8,
+                        tasks=("pick",), seed_start=EVAL_SEED_START - 2, progress=False)
+    assert first_seeds(cfg, 0, 2) == [(EVAL_SEED_START - 2, "pick"),
+                                      (EVAL_SEED_START - 1, "pick")]
+    with pytest.raises(ValueError, match=f"seed {EVAL_SEED_START} would enter the evaluation"):
+        collect(cfg)
