@@ -187,7 +187,9 @@ class TabletopEnv(gym.Env):
         self.steps += 1
         success = bool(self.task.success(self))
         truncated = self.steps >= self.max_steps and not terminated
-        info = {"is_success": success, "steps": self.steps}
+        # milestone: how far the episode has got (Task.milestones), for failure analysis.
+        info = {"is_success": success, "steps": self.steps,
+                "milestone": int(self.task.milestone(self))}
         # Fresh arrays every call: callers keep observations (gymnasium's contract).
         obs = {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in self._obs.items()}
         return obs, float(success), terminated, truncated, info

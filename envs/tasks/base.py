@@ -66,6 +66,11 @@ class Task:
     max_steps: ClassVar[int] = 60
     templates: ClassVar[tuple[str, ...]] = ()  # seen paraphrases
     held_out_templates: ClassVar[tuple[str, ...]] = ()  # unseen_instruction only
+    # The phases an episode passes through before success, in order; `milestone` says how
+    # many hold now. Evaluation keeps each episode's furthest one, so a failure is
+    # reported by the phase it stalled in (reach, grasp, carry, release). Privileged: read
+    # from the simulator, never part of an observation.
+    milestones: ClassVar[tuple[str, ...]] = ("reached", "grasped")
 
     def __init__(self, object_defs: dict[str, ObjectDef] | None = None) -> None:
         self.defs = dict(BUILTIN_OBJECTS) if object_defs is None else object_defs
@@ -82,6 +87,20 @@ class Task:
 
     def oracle(self, env: TabletopEnv) -> np.ndarray:
         raise NotImplementedError
+
+    def milestone(self, env: TabletopEnv) -> int:
+        """How many of `milestones` hold in the current state (0..len(milestones))."""
+        if self.holding(env, self.target):
+            return 2
+        return 1 if self.reached(env, self.target) else 0
+
+    def reached(self, env: TabletopEnv, obj: SpawnedObject) -> bool:
+        """The hand is at `obj`: fingertips within 3 cm of its centre horizontally and no
+        higher than 3 cm above its top."""
+        ee = env.robot.ee_position()
+        centre = object_position(env.client, obj)
+        return (float(np.linalg.norm(ee[:2] - centre[:2])) < 0.03
+                and ee[2] < centre[2] + obj.half_height + 0.03)
 
     # ---- scene helpers --------------------------------------------------------------
     def draw_combo(self, env: TabletopEnv, combos: tuple[tuple[str, str], ...],

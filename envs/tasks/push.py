@@ -119,6 +119,13 @@ class PushTask(Task):
         u = np.abs(np.asarray(self.side.direction))
         return 0.5 * float(u[0] * (hi[0] - lo[0]) + u[1] * (hi[1] - lo[1]))
 
+    milestones = ("reached", "touched")
+
+    def milestone(self, env: TabletopEnv) -> int:
+        if env.robot.touches(self.target.body):
+            return 2
+        return 1 if self.reached(env, self.target) else 0
+
     def success(self, env: TabletopEnv) -> bool:
         x = object_position(env.client, self.target)
         beyond = float(x[:2] @ np.asarray(self.side.direction)) > self.side.threshold

@@ -22,6 +22,12 @@ class TransportTask(Task):
     """Base for tasks that move `self.target` to a goal and release it there."""
 
     target: SpawnedObject
+    milestones = ("reached", "grasped", "carried")  # carried: at the goal, not yet released
+
+    def milestone(self, env: TabletopEnv) -> int:
+        if self.placed(env):
+            return 3
+        return super().milestone(env)
 
     def goal_xy(self, env: TabletopEnv) -> np.ndarray:
         raise NotImplementedError

@@ -78,6 +78,7 @@ def markdown_report(report: EvalReport) -> str:
             name = split if split is not None else "**all splits**"
             row = [name, pol] + [c.label if c else "-" for c in cells]
             lines.append("| " + " | ".join(row) + " |")
+    lines += _failure_phase_lines(report, pols)
     if report.errors:
         scenes = sorted({(r.task, r.split, r.seed, r.error) for r in report.errors},
                         key=lambda e: (e[0], e[1], e[2]))
@@ -92,6 +93,36 @@ def markdown_report(report: EvalReport) -> str:
                 f"\"{v.instruction}\""
             )
     return "\n".join(lines) + "\n"
+
+
+def _failure_phase_lines(report: EvalReport, pols: list[str]) -> list[str]:
+    """Where each policy's failures stalled, per task: the share of failed episodes whose
+    furthest milestone was each phase (privileged simulator facts, envs/tasks/base.py)."""
+    from envs.tasks import TASK_CLASSES
+
+    lines: list[str] = []
+    for pol in pols:
+        phases = report.failure_phases(pol)
+        if not phases:
+            continue
+        if not lines:
+            lines += ["", "## Where failures stall (all splits)", "",
+                      "Share of each task's failed episodes by the furthest milestone "
+                      "reached: `none` = the hand never got to the target object; "
+                      "`reached` = it got there but never held it; `grasped` = held it "
+                      "but did not finish (lift, carry or place); `carried` = put it at the "
+                      "goal but did not release it there; `touched` = pushed without "
+                      "getting it past the line.", ""]
+        lines += [f"**{pol}**", "", "| task | failures | " + " | ".join(
+            ["none", "reached", "grasped", "carried", "touched"]) + " |", "|" + "---|" * 7]
+        for task, counts in phases.items():
+            n = sum(counts.values())
+            known = ("none", *getattr(TASK_CLASSES.get(task), "milestones", ()))
+            cells = [f"{100 * counts.get(k, 0) / n:.0f}%" if k in known else "-"
+                     for k in ("none", "reached", "grasped", "carried", "touched")]
+            lines.append(f"| {task} | {n} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def plot_report(report: EvalReport, path: str | Path) -> None:

@@ -39,6 +39,10 @@ class EpisodeResult:
     # Why the env could not build this episode's scene (then nobody acted, and the episode
     # is left out of every aggregate, for every policy alike); None for a real episode.
     error: str | None = None
+    # The furthest of the task's milestones the episode reached (envs/tasks/base.py:
+    # Task.milestones, e.g. "reached", "grasped", "carried"), "none" before the first,
+    # "" where unknown (reports written before milestones existed).
+    furthest: str = ""
 
     @property
     def key(self) -> EpisodeSpec:
@@ -124,6 +128,17 @@ class EvalReport:
     @property
     def policies(self) -> list[str]:
         return list(dict.fromkeys(r.policy for r in self.rows))
+
+    def failure_phases(self, policy: str) -> dict[str, dict[str, int]]:
+        """Per task, how many of `policy`'s failed episodes stalled after each milestone
+        ("none": never reached the object), over every split; tasks with no recorded
+        milestones are left out."""
+        out: dict[str, dict[str, int]] = {}
+        for r in self.rows:
+            if r.policy == policy and r.error is None and not r.success and r.furthest:
+                counts = out.setdefault(r.task, {})
+                counts[r.furthest] = counts.get(r.furthest, 0) + 1
+        return out
 
     def aggregate(
         self, policy: str, task: str | None = None, split: str | None = None

@@ -47,12 +47,13 @@ def run_episode(env: Any, actor: Actor, spec: EpisodeSpec, record: bool = False)
     instruction = str(obs[INSTRUCTION])
     actor.reset(instruction)
     frames = [np.asarray(obs[IMAGE]).copy()] if record else []
-    total, steps, ended_by = 0.0, 0, ""
+    total, steps, ended_by, furthest = 0.0, 0, "", 0
     while not ended_by:
         action = actor.select_action(obs)
         obs, reward, terminated, truncated, info = env.step(action)
         total += float(reward)
         steps += 1
+        furthest = max(furthest, int(info.get("milestone", 0)))
         if record:
             frames.append(np.asarray(obs[IMAGE]).copy())
         if terminated:
@@ -77,5 +78,17 @@ def run_episode(env: Any, actor: Actor, spec: EpisodeSpec, record: bool = False)
         steps=steps,
         episode_return=round(total, 6),
         ended_by=ended_by,
+        furthest=_milestone_name(env, furthest) if "milestone" in info else "",
     )
     return Rollout(result, frames)
+
+
+def _milestone_name(env: Any, reached: int) -> str:
+    """"none" for 0, else the name of the `reached`-th of the task's milestones."""
+    names = tuple(getattr(getattr(env, "task", None), "milestones", ()))
+    if reached == 0:
+        return "none"
+    if not 1 <= reached <= len(names):
+        raise ValueError(f"env reported milestone {reached}; its task has {len(names)} "
+                         f"milestones {names}")
+    return names[reached - 1]
