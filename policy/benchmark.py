@@ -12,10 +12,19 @@ following FINDINGS.md its ``t5`` entry is replaced by a stub that only supplies
 ``dim_latent=768``, so nothing touches the network. The peer's own package imports
 ``open_clip`` (which needs torchvision, forbidden here) for an adapter RT1 does not use; that
 import is answered by an empty module.
+
+Two more modes serve the speed work of issue 16 (docs/experiments/2026-11-30-speed.md):
+- :func:`demo_preset`: the demo's training settings (batch 64, history 1, 64 px, 2 threads;
+  acting at batch 1 on one thread), the training step exactly as policy/train/loop.py takes
+  it, one JSON line;
+- :func:`ab_lever`: one speed switch off (A) and on (B) in the same process, alternating
+  rounds of steps so that a shared machine's load falls on both alike, plus the loss after
+  N steps on a real store with the same seed (and with another seed, for the noise).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import statistics
 import sys
@@ -31,6 +40,9 @@ import torch.nn.functional as F
 
 from envs.spec import DEFAULT_ACTION_SPEC
 from policy.base import Policy, make_policy
+from policy.train.config import OptimConfig
+from policy.train.loop import autocast_for, compile_policy, set_optimizer_impl
+from policy.train.optim import make_optimizer
 
 
 @dataclass
@@ -352,3 +364,211 @@ def overfit_store(path: str, name: str, config: Any, episodes: int = 4, steps: i
             print(f"{name}: {len(items)} samples, step {step}, {points[-1].seconds:.0f} s, "
                   f"loss {metrics['loss']:.3f}, token accuracy {metrics['acc']:.3f}", flush=True)
     return points
+
+
+# ----------------------------------------------------------------------------- issue 16
+
+LEVERS = ("foreach", "fused", "bf16", "compile", "channels_last")
+# the camera of the default env (envs/camera.py): lets the mirror augmentation run as in training
+DEMO_CAMERA = {"eye": [0.9, 0.0, 0.5], "target": [0.45, 0.0, 0.04]}
+
+
+@dataclass
+class TrainOptions:
+    """The training loop's speed switches, as in a run's config: optim.impl, train.bf16_cpu,
+    train.compile, train.channels_last."""
+
+    optimizer_impl: str = "foreach"
+    bf16: bool = False
+    compile: bool = False
+    channels_last: bool = False
+
+    def with_lever(self, lever: str) -> TrainOptions:
+        """These options with one lever switched on (LEVERS)."""
+        if lever in ("foreach", "fused"):
+            return dataclasses.replace(self, optimizer_impl=lever)
+        if lever in ("bf16", "compile", "channels_last"):
+            return dataclasses.replace(self, **{lever: True})
+        raise ValueError(f"lever {lever!r}; expected one of {LEVERS}")
+
+
+class TrainStepper:
+    """A policy, its AdamW + schedule and the loop's training step under ``options``.
+
+    The step is policy/train/loop.py's: forward under the autocast it would use, backward,
+    gradient clipping at 1.0, AdamW step, schedule step.
+    """
+
+    def __init__(self, config: Any, env_info: dict[str, Any], options: TrainOptions,
+                 stats: dict[str, Any] | None = None, seed: int = 0, total_steps: int = 1000
+                 ) -> None:
+        torch.manual_seed(seed)
+        self.policy = make_policy(config, DEFAULT_ACTION_SPEC, env_info, stats)
+        if options.channels_last:
+            self.policy = self.policy.to(memory_format=torch.channels_last)
+        self.optimizer, self.scheduler = make_optimizer(self.policy, OptimConfig(), total_steps)
+        set_optimizer_impl(self.optimizer, options.optimizer_impl)
+        self.autocast = autocast_for(torch.device("cpu"), False, options.bf16)
+        if options.compile:
+            compile_policy(self.policy)
+        self.params = [p for p in self.policy.parameters() if p.requires_grad]
+
+    def step(self, batch: dict[str, Any]) -> float:
+        """One optimizer step on ``batch``; returns its loss."""
+        self.policy.train()
+        with self.autocast():
+            loss, _ = self.policy(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.item())
+
+
+def demo_env_info(image_size: int) -> dict[str, Any]:
+    return {"image_shape": [image_size, image_size, 3],
+            "action_spec": DEFAULT_ACTION_SPEC.to_dict(), "camera": DEMO_CAMERA}
+
+
+def act_latency(config: Any, image_size: int, calls: int, warmup: int) -> Timing:
+    """Batch-1 ``select_action`` time of a fresh policy (one control step each call)."""
+    torch.manual_seed(0)
+    policy = make_policy(config, DEFAULT_ACTION_SPEC, demo_env_info(image_size), None)
+    frames = np.random.default_rng(0).integers(0, 256, (16, image_size, image_size, 3),
+                                               dtype=np.uint8)
+    instruction = "pick up the red block"
+    policy.reset(instruction)
+
+    def act(i: int) -> None:
+        if i % 20 == 0:  # episodes of 20 steps, as a pick takes
+            policy.reset(instruction)
+        policy.select_action({"image": frames[i % 16], "state": np.zeros(8, np.float32),
+                              "instruction": instruction})
+
+    return time_calls(act, calls, warmup)
+
+
+def demo_preset(models: dict[str, Any], options: TrainOptions, image_size: int = 64,
+                threads: int = 2, act_threads: int = 1, train_batch: int = 64,
+                train_steps: int = 20, act_calls: int = 200, warmup: int = 3
+                ) -> dict[str, Any]:
+    """Training samples/s (median step, ``threads`` threads) and batch-1 acting ms (median,
+    ``act_threads`` threads) of each policy config, as one JSON-able dict."""
+    out: dict[str, Any] = {"preset": "demo", "threads": threads, "act_threads": act_threads,
+                           "image_size": image_size, "train_batch": train_batch,
+                           "options": asdict(options), "torch": torch.__version__}
+    for name, config in models.items():
+        torch.set_num_threads(act_threads)
+        act = act_latency(config, image_size, act_calls, warmup)
+        torch.set_num_threads(threads)
+        stepper = TrainStepper(config, demo_env_info(image_size), options)
+        batch = synthetic_batch(train_batch, config.history, image_size)
+        for _ in range(warmup):
+            stepper.step(batch)
+        seconds = []
+        for _ in range(train_steps):
+            start = time.perf_counter()
+            stepper.step(batch)
+            seconds.append(time.perf_counter() - start)
+        out[name] = {"history": config.history,
+                     "train_samples_per_s": round(train_batch / statistics.median(seconds), 1),
+                     "act_median_ms": round(act.median_ms, 3),
+                     "act_cpu_median_ms": round(act.cpu_median_ms or 0.0, 3)}
+    return out
+
+
+@dataclass
+class LeverResult:
+    """One lever's A/B: speed ratio B/A (medians of alternating rounds) and its loss check."""
+
+    model: str
+    lever: str
+    threads: int
+    a_step_ms: float
+    b_step_ms: float
+    speedup: float  # a_step_ms / b_step_ms: > 1 means the lever is faster
+    rounds: int
+    steps_per_round: int
+    loss_steps: int = 0
+    loss_a: float | None = None  # mean loss over the last loss_window steps, A, seed 0
+    loss_b: float | None = None  # the same with the lever on, seed 0
+    loss_a_seed1: float | None = None  # A with seed 1: how far a reseed alone moves it
+    loss_window: int = 0
+    max_step_diff_b: float | None = None  # max |loss_b(t) - loss_a(t)| over every step
+    identical: bool | None = None  # every step's loss bit-identical between A and B
+
+
+def time_ab(a: TrainStepper, b: TrainStepper, batch: dict[str, Any], rounds: int,
+            steps_per_round: int, warmup: int = 2) -> tuple[float, float]:
+    """Median step seconds of A and of B, alternating A and B rounds (ABAB... then BABA...
+    halves, so neither always goes first)."""
+    for _ in range(warmup):
+        a.step(batch)
+        b.step(batch)
+    times: dict[int, list[float]] = {0: [], 1: []}
+    for r in range(rounds):
+        order = (0, 1) if r % 2 == 0 else (1, 0)
+        for side in order:
+            stepper = (a, b)[side]
+            for _ in range(steps_per_round):
+                start = time.perf_counter()
+                stepper.step(batch)
+                times[side].append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def store_batches(path: str, history: int, batch_size: int, steps: int, seed: int = 0
+                  ) -> tuple[Any, list[dict[str, Any]]]:
+    """The store (EpisodeDataset) and ``steps`` shuffled batches drawn with ``seed``."""
+    from torch.utils.data import default_collate
+
+    from policy.data import EpisodeDataset
+
+    ds = EpisodeDataset(path, history=history, in_memory=True)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(steps):
+        idx = torch.randint(0, len(ds), (batch_size,), generator=g).tolist()
+        out.append(default_collate(ds.__getitems__(idx)))
+    return ds, out
+
+
+def loss_curve(config: Any, ds: Any, batches: list[dict[str, Any]], options: TrainOptions,
+               seed: int) -> list[float]:
+    """The loss at every step of a fresh policy trained on ``batches`` (global RNG seeded)."""
+    stepper = TrainStepper(config, ds.info, options, ds.stats, seed=seed,
+                           total_steps=len(batches))
+    torch.manual_seed(seed + 1)  # augmentation and dropout draw from here, alike in A and B
+    return [stepper.step(batch) for batch in batches]
+
+
+def ab_lever(name: str, config: Any, lever: str, base: TrainOptions, image_size: int = 64,
+             threads: int = 2, train_batch: int = 64, rounds: int = 6,
+             steps_per_round: int = 3, store: str | None = None, loss_steps: int = 200,
+             loss_window: int = 50) -> LeverResult:
+    """Speed of ``base`` (A) against ``base.with_lever(lever)`` (B) in one process, and, when
+    ``store`` is given, the loss after ``loss_steps`` steps of each on the same batches."""
+    torch.set_num_threads(threads)
+    if lever == "foreach":  # the lever is the switch away from torch's CPU default, "for"
+        base = dataclasses.replace(base, optimizer_impl="for")
+    b_opts = base.with_lever(lever)
+    info = demo_env_info(image_size)
+    a, b = TrainStepper(config, info, base), TrainStepper(config, info, b_opts)
+    a_s, b_s = time_ab(a, b, synthetic_batch(train_batch, config.history, image_size), rounds,
+                       steps_per_round)
+    result = LeverResult(name, lever, threads, a_s * 1e3, b_s * 1e3, a_s / b_s, rounds,
+                         steps_per_round)
+    if store:
+        ds, batches = store_batches(store, config.history, train_batch, loss_steps)
+        curve_a = loss_curve(config, ds, batches, base, seed=0)
+        curve_b = loss_curve(config, ds, batches, b_opts, seed=0)
+        curve_a1 = loss_curve(config, ds, batches, base, seed=1)
+        w = min(loss_window, loss_steps)
+        result.loss_steps, result.loss_window = loss_steps, w
+        result.loss_a = statistics.fmean(curve_a[-w:])
+        result.loss_b = statistics.fmean(curve_b[-w:])
+        result.loss_a_seed1 = statistics.fmean(curve_a1[-w:])
+        result.max_step_diff_b = max(abs(x - y) for x, y in zip(curve_a, curve_b, strict=True))
+        result.identical = curve_a == curve_b
+    return result

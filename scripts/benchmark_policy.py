@@ -5,6 +5,13 @@ beside lucidrains' robotic-transformer-pytorch RT1 in the same run (issue 4); se
 conf/benchmark_policy.yaml for the settings and policy/benchmark.py for what is timed.
 With `overfit.store=PATH` it instead memorises a store's first episodes with each model
 (the learning path end to end on recorded data).
+
+Issue 16's speed work:
+- `preset=demo`: the demo's training settings (conf `demo:` block), one JSON line with each
+  model's training samples/s and batch-1 acting median ms;
+- `ab.lever=bf16` (or foreach, fused, compile, channels_last): that lever off and on in one
+  process, alternating, one JSON line per model; with `ab.store=PATH` also the loss after
+  `ab.loss_steps` steps of each (docs/experiments/2026-11-30-speed.md).
 """
 
 from __future__ import annotations
@@ -18,12 +25,31 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from policy.benchmark import overfit_store, run_benchmark
+from policy.benchmark import TrainOptions, ab_lever, demo_preset, overfit_store, run_benchmark
 
 
 @hydra.main(config_path="../conf", config_name="benchmark_policy", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     models = {name: instantiate(c) for name, c in cfg.models.items()}
+    if cfg.preset is not None or cfg.ab.lever is not None:
+        demo = cfg.demo
+        if cfg.preset not in (None, "demo"):
+            raise ValueError(f"preset={cfg.preset!r}; expected null or 'demo'")
+        models = {name: dataclasses.replace(c, history=demo.history)
+                  for name, c in models.items()}
+        options = TrainOptions(**demo.options)
+        if cfg.ab.lever is None:
+            print(json.dumps(demo_preset(models, options, demo.image_size, demo.threads,
+                                         demo.act_threads, demo.train_batch, demo.train_steps,
+                                         demo.act_calls)), flush=True)
+            return
+        for name, config in models.items():
+            result = ab_lever(name, config, cfg.ab.lever, options, demo.image_size,
+                              demo.threads, demo.train_batch, cfg.ab.rounds,
+                              cfg.ab.steps_per_round, cfg.ab.store, cfg.ab.loss_steps,
+                              cfg.ab.loss_window)
+            print(json.dumps(dataclasses.asdict(result)), flush=True)
+        return
     if cfg.overfit.store:
         torch.set_num_threads(cfg.threads)
         for name, config in models.items():

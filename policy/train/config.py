@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 DEVICES = ("auto", "cpu", "cuda")
+OPTIMIZER_IMPLS = ("for", "foreach", "fused")
 
 
 @dataclass
@@ -47,8 +48,14 @@ class OptimConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio, not at zero
     grad_clip: float = 1.0  # max global L2 norm; 0 disables clipping (the norm is still logged)
+    # how AdamW computes its update, not what it computes: "for" (torch's per-tensor loop),
+    # "foreach" (one multi-tensor kernel per op: the same bits as "for", measured), "fused"
+    # (one kernel for the whole update: differs from "for" in the last bit)
+    impl: str = "foreach"
 
     def __post_init__(self) -> None:
+        if self.impl not in OPTIMIZER_IMPLS:
+            raise ValueError(f"optim.impl={self.impl!r}; expected one of {OPTIMIZER_IMPLS}")
         if self.lr <= 0:
             raise ValueError(f"optim.lr={self.lr}; expected > 0")
         if self.warmup_steps < 0:
@@ -76,7 +83,15 @@ class ScheduleConfig:
     # stop this invocation after this step (with a checkpoint) while keeping the schedule
     # of `steps`: for time-boxed jobs such as preemptible slots; null runs to `steps`
     stop_after: Optional[int] = None  # noqa: UP045
-    bf16: bool = True  # bf16 autocast, used only on CUDA (CPU autocast is slower there)
+    bf16: bool = True  # bf16 autocast on CUDA
+    # bf16 autocast on the CPU as well: faster where the CPU has bf16 instructions, but the
+    # numbers change, so it is off until its loss curve is accepted
+    # (docs/experiments/2026-11-30-speed.md)
+    bf16_cpu: bool = False
+    # torch.compile (inductor) the image tokenizer and the transformer in place; where it
+    # cannot compile (no C compiler, an unsupported platform) the run warns and stays eager
+    compile: bool = False
+    channels_last: bool = False  # convolution weights in NHWC memory order
     num_threads: Optional[int] = None  # noqa: UP045 (null: cores // local processes)
     progress: bool = True  # tqdm bar on rank 0
 

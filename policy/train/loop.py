@@ -5,6 +5,10 @@ restores a checkpoint when asked, and runs `cfg.train.steps` AdamW steps with wa
 cosine, gradient clipping, optional bf16 autocast on CUDA, DistributedDataParallel when
 several processes run, periodic logging, atomic checkpoints and in-training evaluation.
 scripts/train.py is the hydra entry point that calls it.
+
+The speed switches (`optim.impl`, `train.bf16_cpu`, `train.compile`, `train.channels_last`)
+are applied by the helpers below, which policy/benchmark.py reuses so that a benchmark
+times the same step a run takes (docs/experiments/2026-11-30-speed.md has their figures).
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ from __future__ import annotations
 import logging
 import math
 import random
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext, suppress
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +33,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from policy.train import checkpoint as ckpt
-from policy.train.config import DataConfig, TrainRunConfig
+from policy.train.config import OPTIMIZER_IMPLS, DataConfig, TrainRunConfig
 from policy.train.distributed import (
     DistInfo,
     barrier,
@@ -120,6 +125,58 @@ def find_resume_checkpoint(resume: str | None, run_dir: Path, name: str) -> Path
             )
         return ckpt.resolve_checkpoint(latest)
     return ckpt.resolve_checkpoint(resume)
+
+
+def autocast_for(device: torch.device, bf16_cuda: bool, bf16_cpu: bool
+                 ) -> Callable[[], AbstractContextManager[Any]]:
+    """A factory of the forward pass's autocast context: bf16 where asked for, else none."""
+    if device.type == "cuda" and bf16_cuda:
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and bf16_cpu:
+        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext
+
+
+def set_optimizer_impl(optimizer: torch.optim.Optimizer, impl: str) -> None:
+    """Switch a torch Adam/AdamW between its per-tensor loop, foreach and fused kernels.
+
+    The choice is a per-group flag that torch reads at every step, so setting it after
+    construction (and again after `load_state_dict`, which restores the saved flags) is how
+    a resumed run keeps this run's choice.
+    """
+    if impl not in OPTIMIZER_IMPLS:
+        raise ValueError(f"optimizer impl {impl!r}; expected one of {OPTIMIZER_IMPLS}")
+    for group in optimizer.param_groups:
+        if "foreach" not in group or "fused" not in group:
+            raise TypeError(f"{type(optimizer).__name__} has no foreach/fused switch; expected "
+                            "a torch Adam or AdamW")
+        group["foreach"] = impl == "foreach"
+        group["fused"] = impl == "fused"
+
+
+def compile_policy(policy: nn.Module) -> bool:
+    """torch.compile the image tokenizer and the transformer in place (state-dict keys and
+    checkpoints unchanged); False, with a warning, where inductor cannot run here.
+
+    A graph that fails to compile later falls back to eager for that graph
+    (torch._dynamo.config.suppress_errors), so a run never dies of compilation.
+    """
+    if not any(shutil.which(cc) for cc in ("cc", "gcc", "clang", "g++")):
+        log.warning("train.compile: no C compiler on PATH for inductor; training stays eager")
+        return False
+    import torch._dynamo as dynamo
+
+    dynamo.config.suppress_errors = True
+    compiled = False
+    for name in ("image_tokenizer", "transformer"):
+        module = getattr(policy, name, None)
+        if isinstance(module, nn.Module):
+            module.compile(dynamic=False)
+            compiled = True
+    if not compiled:
+        log.warning("train.compile: %s has no image_tokenizer or transformer to compile",
+                    type(policy).__name__)
+    return compiled
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -225,11 +282,15 @@ def train(
         )
 
     trained_tasks = list(cfg.data.tasks or getattr(dataset, "info", {}).get("tasks") or []) or None
+    if sched_cfg.channels_last:
+        policy = policy.to(memory_format=torch.channels_last)
     optimizer, scheduler = make_optimizer(policy, cfg.optim, sched_cfg.steps)
+    set_optimizer_impl(optimizer, cfg.optim.impl)
     progress = Progress(world_size=info.world_size)
     if resume_from is not None:
         state = load_training_state(resume_from / ckpt.TRAINING_STATE)
         optimizer.load_state_dict(state.optimizer)
+        set_optimizer_impl(optimizer, cfg.optim.impl)  # this run's choice, not the saved one
         scheduler.load_state_dict(state.scheduler)
         # load_state_dict restored the saved schedule's fields; this run's config wins, so a
         # resume with a larger train.steps extends the cosine instead of ending at the old one
@@ -265,10 +326,9 @@ def train(
     loader = make_loader(dataset, sampler, cfg.data.num_workers, sched_cfg.seed + info.rank)
     stream: Iterator[Any] = batches(loader, sampler, progress)
     params = [p for p in policy.parameters() if p.requires_grad]
-    use_bf16 = sched_cfg.bf16 and device.type == "cuda"
-    autocast = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
-    )
+    autocast = autocast_for(device, sched_cfg.bf16, sched_cfg.bf16_cpu)
+    if sched_cfg.compile:
+        compile_policy(policy)
     stop_at = min(sched_cfg.steps, sched_cfg.stop_after or sched_cfg.steps)
 
     logger: RunLogger | None = None

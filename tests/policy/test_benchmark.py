@@ -46,3 +46,48 @@ def test_benchmark_config_composes() -> None:
     assert isinstance(instantiate(cfg.models.rt1), RT1Config)
     assert isinstance(instantiate(cfg.models.gato), GatoConfig)
     assert isinstance(instantiate(cfg.peer.model), PeerConfig)
+
+
+def test_demo_preset_reports_training_and_acting(compose_policy, text_encoder) -> None:
+    import dataclasses
+    import json
+
+    from policy.benchmark import TrainOptions, demo_preset
+
+    models = {name: dataclasses.replace(compose_policy(f"{name}_tiny"), history=1)
+              for name in ("rt1", "gato")}
+    out = demo_preset(models, TrainOptions(), image_size=64, threads=1, train_batch=2,
+                      train_steps=2, act_calls=3, warmup=1)
+    json.dumps(out)  # one JSON line
+    assert out["threads"] == 1 and out["options"]["optimizer_impl"] == "foreach"
+    for name in models:
+        assert out[name]["train_samples_per_s"] > 0 and out[name]["act_median_ms"] > 0
+
+
+def test_lever_ab_times_both_sides_and_refuses_unknown_levers(compose_policy,
+                                                              text_encoder) -> None:
+    import dataclasses
+
+    from policy.benchmark import TrainOptions, ab_lever
+
+    config = dataclasses.replace(compose_policy("rt1_tiny"), history=1)
+    result = ab_lever("rt1_tiny", config, "foreach", TrainOptions(), image_size=64, threads=1,
+                      train_batch=2, rounds=2, steps_per_round=1)
+    assert result.a_step_ms > 0 and result.b_step_ms > 0
+    assert result.speedup == pytest.approx(result.a_step_ms / result.b_step_ms)
+    assert TrainOptions().with_lever("bf16").bf16
+    with pytest.raises(ValueError, match="'turbo'"):
+        TrainOptions().with_lever("turbo")
+
+
+def test_demo_preset_composes() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from policy.benchmark import LEVERS, TrainOptions
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="benchmark_policy", overrides=["preset=demo"])
+    assert (cfg.demo.image_size, cfg.demo.history, cfg.demo.threads) == (64, 1, 2)
+    assert cfg.demo.train_batch == 64 and cfg.demo.act_threads == 1
+    assert TrainOptions(**cfg.demo.options) == TrainOptions()  # the loop's defaults
+    assert set(LEVERS) >= {"bf16", "foreach"}

@@ -14,6 +14,7 @@ from torch import nn
 from policy.train import checkpoint as ckpt
 from policy.train.config import OptimConfig, ScheduleConfig, TrainRunConfig
 from policy.train.distributed import DistInfo, default_num_threads
+from policy.train.loop import autocast_for, compile_policy, set_optimizer_impl
 from policy.train.optim import WarmupCosine, make_optimizer
 from policy.train.sampler import ResumableSampler, batches, make_loader
 from policy.train.state import (
@@ -56,6 +57,7 @@ def test_weight_decay_spares_biases_and_norms() -> None:
         (ScheduleConfig, {"steps": 0}, "train.steps=0"),
         (ScheduleConfig, {"stop_after": 0}, "train.stop_after=0"),
         (TrainRunConfig, {"device": "tpu"}, "device='tpu'"),
+        (OptimConfig, {"impl": "loop"}, "optim.impl='loop'"),
     ],
 )
 def test_config_checks_name_the_bad_value(cls: type, kwargs: dict, message: str) -> None:
@@ -205,3 +207,68 @@ def test_learning_curves_are_named_after_the_run_not_its_train_folder(tmp_path: 
     assert eval_curve(tmp_path / "alone").run == "alone"  # scripts/train.py's own run dir
     (tmp_path / "label").symlink_to(tmp_path / "full")  # a link names a run for a plot
     assert eval_curve(tmp_path / "label" / "train").run == "label"
+
+
+def _train_tiny(impl: str, steps: int = 20) -> torch.Tensor:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.GELU(), nn.Linear(32, 4))
+    opt, sched = make_optimizer(model, OptimConfig(warmup_steps=2), total_steps=steps)
+    set_optimizer_impl(opt, impl)
+    x, y = torch.randn(8, 16), torch.randn(8, 4)
+    for _ in range(steps):
+        loss = (model(x) - y).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_foreach_adamw_is_bit_identical_to_the_loop_and_fused_is_close() -> None:
+    loop, foreach, fused = (_train_tiny(impl) for impl in ("for", "foreach", "fused"))
+    assert not torch.equal(loop, _train_tiny("for", steps=19))  # the steps do change weights
+    assert torch.equal(loop, foreach)  # why optim.impl defaults to foreach
+    assert torch.allclose(loop, fused, atol=1e-5)
+
+
+def test_optimizer_impl_sets_every_group_and_names_a_bad_one() -> None:
+    opt, _ = make_optimizer(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4)), OptimConfig(), 5)
+    set_optimizer_impl(opt, "fused")
+    assert all(g["fused"] and not g["foreach"] for g in opt.param_groups)
+    with pytest.raises(ValueError, match="'fast'"):
+        set_optimizer_impl(opt, "fast")
+    sgd = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    del sgd.param_groups[0]["fused"]
+    with pytest.raises(TypeError, match="SGD"):
+        set_optimizer_impl(sgd, "foreach")
+
+
+def test_bf16_autocast_only_where_asked() -> None:
+    layer, x = nn.Linear(4, 4), torch.randn(2, 4)
+    cpu = torch.device("cpu")
+    with autocast_for(cpu, bf16_cuda=True, bf16_cpu=False)():
+        assert layer(x).dtype == torch.float32  # train.bf16 alone is CUDA-only
+    with autocast_for(cpu, bf16_cuda=False, bf16_cpu=True)():
+        assert layer(x).dtype == torch.bfloat16
+
+
+def test_compile_falls_back_to_eager_without_a_compiler(monkeypatch, caplog) -> None:
+    import policy.train.loop as loop
+
+    class Policy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.transformer = nn.Linear(2, 2)
+
+    policy = Policy()
+    found = loop.shutil.which
+    monkeypatch.setattr(loop.shutil, "which", lambda name: None)
+    assert compile_policy(policy) is False
+    assert "no C compiler" in caplog.text
+    assert policy.transformer._compiled_call_impl is None  # still eager
+    if any(found(cc) for cc in ("cc", "gcc", "clang", "g++")):
+        monkeypatch.setattr(loop.shutil, "which", found)
+        assert compile_policy(policy) is True  # compiled in place (lazily, at the first call)
+        assert policy.transformer._compiled_call_impl is not None
+        assert list(policy.state_dict()) == ["transformer.weight", "transformer.bias"]
