@@ -297,15 +297,23 @@ class GatoPolicy(Policy):
             keep = keep[:, 0]
             self._cache.keep(keep)
             self._k_step, self._k_pos = self._k_step[keep], self._k_pos[keep]
+        # Every key now in the cache is text or a step inside the window of step s, and each
+        # action token is the newest position: it may see every key, so it needs no mask.
+        # Its step and position are booked once after the loop (nothing reads them before).
         logits, tokens = [], []
         for i in range(self.n_actions):
             logits.append(self.head(h[0, -1]))  # (K,)
             tokens.append(logits[-1].argmax())
             emb = self.action_tokens(tokens[-1].view(1, 1), first=i)  # (1, 1, d)
             if i < self.n_actions - 1:
-                h = self._feed(emb, s)
+                h = self.transformer(emb, None, self._cache)
             else:
                 self._pending = emb
+        fed = self.n_actions - 1
+        self._k_step = torch.cat([self._k_step, self._k_step.new_full((fed,), s)])
+        self._k_pos = torch.cat([self._k_pos, torch.arange(
+            self._next_pos, self._next_pos + fed, device=self._k_pos.device)])
+        self._next_pos += fed
         self._step += 1
         self.last_logits, self.last_tokens = torch.stack(logits), torch.stack(tokens)
         return self.action_tokenizer.decode(self.last_tokens)

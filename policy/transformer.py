@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 
@@ -76,15 +75,19 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
                 cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        # x: (B, n, C); mask: (B or 1, 1, n, N) with N = cached + n positions
-        q, k, v = rearrange(self.qkv(x), "b n (three h hs) -> three b h n hs",
-                            three=3, h=self.n_head)  # each (B, nh, n, hs)
+        # x: (B, n, C); mask: (B or 1, 1, n, N) with N = cached + n positions, or None when
+        # every query may see every key. Plain view/permute rather than einops here: this runs
+        # per layer per decoded token, where einops' parsing was a measurable share of acting.
+        b, n, c = x.shape
+        qkv = self.qkv(x).view(b, n, 3, self.n_head, c // self.n_head)  # (B, n, 3, nh, hs)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, n, hs)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, N, hs)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        y = rearrange(y, "b h n hs -> b n (h hs)")  # (B, n, C)
-        return self.resid_dropout(self.proj(y))
+        y = y.transpose(1, 2).reshape(b, n, c)  # (B, n, C)
+        y = self.proj(y)
+        return self.resid_dropout(y) if self.training else y
 
 
 class MLP(nn.Module):
@@ -96,7 +99,8 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        y = self.proj(F.gelu(self.fc(x)))
+        return self.dropout(y) if self.training else y  # eval: skip the no-op module call
 
 
 class Block(nn.Module):

@@ -189,12 +189,25 @@ class FourierPositions(nn.Module):
     def __init__(self, channels: int, num_freqs: int = 4) -> None:
         super().__init__()
         self.num_freqs = num_freqs
+        self._features: dict[tuple[int, int, str], torch.Tensor] = {}
         self.proj = nn.Conv2d(4 * num_freqs, channels, 1)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
     def features(self, h: int, w: int, device: torch.device) -> torch.Tensor:
-        """(4 * num_freqs, h, w): sin and cos of x and y in [-1, 1] at octave frequencies."""
+        """(4 * num_freqs, h, w): sin and cos of x and y in [-1, 1] at octave frequencies.
+
+        Constants of the map size, so computed once per size and device (a dozen small ops
+        that every training step and every control step repeated); not in the state dict.
+        """
+        key = (h, w, str(device))
+        cached = self._features.get(key)
+        if cached is None:
+            with torch.inference_mode(False), torch.no_grad():
+                cached = self._features[key] = self._compute_features(h, w, device)
+        return cached
+
+    def _compute_features(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         ys = torch.linspace(-1.0, 1.0, h, device=device)
         xs = torch.linspace(-1.0, 1.0, w, device=device)
         grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))  # (2, h, w)

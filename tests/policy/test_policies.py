@@ -367,3 +367,20 @@ def test_make_policy_rejects_what_it_cannot_build(env_info) -> None:
         make_policy(GatoConfig(), DEFAULT_ACTION_SPEC, [("image_shape", [96, 96, 3])])
     with pytest.raises(ValueError, match="action spec differs"):
         make_policy(RT1Config(), make_action_spec(names=("x", "y")), env_info)
+
+
+def test_training_after_acting_and_position_features_cached(build, make_obs,
+                                                             make_batch) -> None:
+    """Acting runs in inference mode; what it caches (the constant position features) must
+    still serve a training step after it, and equal a fresh computation."""
+    policy = build("rt1_tiny")
+    policy.select_action(make_obs(0))
+    positions = policy.image_tokenizer.positions
+    cached = positions.features(8, 8, torch.device("cpu"))
+    assert not cached.is_inference()
+    assert torch.equal(cached, positions._compute_features(8, 8, torch.device("cpu")))
+    assert positions.features(8, 8, torch.device("cpu")) is cached  # computed once
+    policy.train()
+    loss, _ = policy(make_batch())
+    loss.backward()
+    assert positions.proj.weight.grad is not None

@@ -46,3 +46,32 @@ def test_mask_blocks_information_flow() -> None:
     y[:, 3] = torch.randn(16)  # (a constant shift would vanish in LayerNorm)
     assert torch.allclose(model(x, mask)[:, :3], model(y, mask)[:, :3], atol=1e-6)
     assert not torch.allclose(model(x, None)[:, :3], model(y, None)[:, :3])
+
+
+def test_attention_splits_heads_as_q_k_v_then_heads() -> None:
+    """The qkv projection's features are laid out (three, head, head size); checked against
+    attention written out by hand, head by head."""
+    from policy.transformer import CausalSelfAttention
+
+    torch.manual_seed(0)
+    cfg = TransformerConfig(d_model=8, n_head=2, dropout=0.0)
+    attn = CausalSelfAttention(cfg).eval()
+    x = torch.randn(2, 5, 8)
+    mask = torch.ones(5, 5, dtype=torch.bool).tril()[None, None]
+    q, k, v = (x @ attn.qkv.weight.T + attn.qkv.bias).split(8, dim=-1)  # each (B, n, C)
+    heads = []
+    for h in range(2):
+        cols = slice(4 * h, 4 * h + 4)
+        scores = q[..., cols] @ k[..., cols].transpose(1, 2) / 2.0  # sqrt(head size 4)
+        scores = scores.masked_fill(~mask[0], float("-inf"))
+        heads.append(scores.softmax(-1) @ v[..., cols])
+    expected = torch.cat(heads, dim=-1) @ attn.proj.weight.T + attn.proj.bias
+    assert torch.allclose(attn(x, mask), expected, atol=1e-5)
+
+
+def test_dropout_only_while_training() -> None:
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(d_model=16, n_layer=2, n_head=2, dropout=0.5))
+    x = torch.randn(1, 4, 16)
+    assert not torch.equal(model.train()(x), model(x))
+    assert torch.equal(model.eval()(x), model(x))
