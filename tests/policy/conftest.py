@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from envs.spec import DEFAULT_ACTION_SPEC
-
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 INSTRUCTIONS = ("pick up the red block", "pick up the blue cylinder", "push the green cube left")
 
@@ -31,14 +29,15 @@ def text_encoder():
 
 @pytest.fixture
 def env_info() -> dict:
-    """What env.unwrapped.describe() reports, as far as a policy checks it."""
-    return {
-        "renderer": "tiny",
-        "camera": {"width": 96, "height": 96, "eye": [0.9, 0.0, 0.5], "fov_deg": 50.0,
-                   "jitter_m": 0.0, "image_shape": [96, 96, 3]},
-        "image_shape": [96, 96, 3],
-        "action_spec": DEFAULT_ACTION_SPEC.to_dict(),
-    }
+    """The real env's describe() (96 px front camera): what a trained policy is built from.
+    Rendering is skipped; the camera, renderer and action spec are those of a rendering env."""
+    import envs
+
+    env = envs.make_env("pick", "seen", image_size=96, skip_render=True)
+    try:
+        return env.unwrapped.describe()
+    finally:
+        env.close()
 
 
 @pytest.fixture(scope="session")
