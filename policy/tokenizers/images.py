@@ -51,6 +51,7 @@ def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator | None = 
     padded = F.pad(rearrange(x, "b t c h w -> b (t c) h w"), (pad, pad, pad, pad),
                    mode="replicate")
     offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator)
+    # one slice per sample: two gathers (rows, then columns) gave the same crops 14x slower
     out = torch.stack([padded[i, :, dy:dy + h, dx:dx + w]
                        for i, (dy, dx) in enumerate(offsets.tolist())])
     return rearrange(out, "b (t c) h w -> b t c h w", t=t)
