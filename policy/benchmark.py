@@ -546,15 +546,26 @@ def loss_curve(config: Any, ds: Any, batches: list[dict[str, Any]], options: Tra
 def ab_lever(name: str, config: Any, lever: str, base: TrainOptions, image_size: int = 64,
              threads: int = 2, train_batch: int = 64, rounds: int = 6,
              steps_per_round: int = 3, store: str | None = None, loss_steps: int = 200,
-             loss_window: int = 50) -> LeverResult:
+             loss_window: int = 50, policy_b: dict[str, Any] | None = None) -> LeverResult:
     """Speed of ``base`` (A) against ``base.with_lever(lever)`` (B) in one process, and, when
-    ``store`` is given, the loss after ``loss_steps`` steps of each on the same batches."""
+    ``store`` is given, the loss after ``loss_steps`` steps of each on the same batches.
+
+    ``lever="policy"``: B is the same options with the policy config fields ``policy_b``
+    changed (a different model, e.g. Gato with fewer tokens per frame: its loss differs by
+    design, and is reported only for scale)."""
     torch.set_num_threads(threads)
-    if lever == "foreach":  # the lever is the switch away from torch's CPU default, "for"
-        base = dataclasses.replace(base, optimizer_impl="for")
-    b_opts = base.with_lever(lever)
+    config_b = config
+    if lever == "policy":
+        if not policy_b:
+            raise ValueError("lever='policy' needs policy_b, the config fields B changes; got "
+                             f"{policy_b!r}")
+        config_b, b_opts = dataclasses.replace(config, **policy_b), base
+    else:
+        if lever == "foreach":  # the lever is the switch away from torch's CPU default, "for"
+            base = dataclasses.replace(base, optimizer_impl="for")
+        b_opts = base.with_lever(lever)
     info = demo_env_info(image_size)
-    a, b = TrainStepper(config, info, base), TrainStepper(config, info, b_opts)
+    a, b = TrainStepper(config, info, base), TrainStepper(config_b, info, b_opts)
     a_s, b_s = time_ab(a, b, synthetic_batch(train_batch, config.history, image_size), rounds,
                        steps_per_round)
     result = LeverResult(name, lever, threads, a_s * 1e3, b_s * 1e3, a_s / b_s, rounds,
@@ -562,7 +573,7 @@ def ab_lever(name: str, config: Any, lever: str, base: TrainOptions, image_size:
     if store:
         ds, batches = store_batches(store, config.history, train_batch, loss_steps)
         curve_a = loss_curve(config, ds, batches, base, seed=0)
-        curve_b = loss_curve(config, ds, batches, b_opts, seed=0)
+        curve_b = loss_curve(config_b, ds, batches, b_opts, seed=0)
         curve_a1 = loss_curve(config, ds, batches, base, seed=1)
         w = min(loss_window, loss_steps)
         result.loss_steps, result.loss_window = loss_steps, w
@@ -572,3 +583,21 @@ def ab_lever(name: str, config: Any, lever: str, base: TrainOptions, image_size:
         result.max_step_diff_b = max(abs(x - y) for x, y in zip(curve_a, curve_b, strict=True))
         result.identical = curve_a == curve_b
     return result
+
+
+def profile_train_step(config: Any, options: TrainOptions, image_size: int = 64,
+                       threads: int = 2, train_batch: int = 64, steps: int = 5,
+                       rows: int = 15) -> str:
+    """torch.profiler's table of the top ``rows`` ops by self CPU time over ``steps``
+    training steps (after 3 warm-up steps), at the demo's settings."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(threads)
+    stepper = TrainStepper(config, demo_env_info(image_size), options)
+    batch = synthetic_batch(train_batch, config.history, image_size)
+    for _ in range(3):
+        stepper.step(batch)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            stepper.step(batch)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)

@@ -18,14 +18,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import hydra
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from policy.benchmark import TrainOptions, ab_lever, demo_preset, overfit_store, run_benchmark
+from policy.benchmark import (
+    TrainOptions,
+    ab_lever,
+    demo_preset,
+    overfit_store,
+    profile_train_step,
+    run_benchmark,
+)
 
 
 @hydra.main(config_path="../conf", config_name="benchmark_policy", version_base="1.3")
@@ -38,6 +46,13 @@ def main(cfg: DictConfig) -> None:
         models = {name: dataclasses.replace(c, history=demo.history)
                   for name, c in models.items()}
         options = TrainOptions(**demo.options)
+        if cfg.ab.lever is None and demo.profile_rows > 0:
+            for name, config in models.items():  # tables on stderr: stdout stays JSON
+                print(f"{name}, {demo.threads} threads, options {options}:\n"
+                      + profile_train_step(config, options, demo.image_size, demo.threads,
+                                           demo.train_batch, rows=demo.profile_rows),
+                      file=sys.stderr, flush=True)
+            return
         if cfg.ab.lever is None:
             print(json.dumps(demo_preset(models, options, demo.image_size, demo.threads,
                                          demo.act_threads, demo.train_batch, demo.train_steps,
@@ -47,7 +62,7 @@ def main(cfg: DictConfig) -> None:
             result = ab_lever(name, config, cfg.ab.lever, options, demo.image_size,
                               demo.threads, demo.train_batch, cfg.ab.rounds,
                               cfg.ab.steps_per_round, cfg.ab.store, cfg.ab.loss_steps,
-                              cfg.ab.loss_window)
+                              cfg.ab.loss_window, OmegaConf.to_container(cfg.ab.policy_b))
             print(json.dumps(dataclasses.asdict(result)), flush=True)
         return
     if cfg.overfit.store:

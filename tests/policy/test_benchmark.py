@@ -78,6 +78,11 @@ def test_lever_ab_times_both_sides_and_refuses_unknown_levers(compose_policy,
     assert TrainOptions().with_lever("bf16").bf16
     with pytest.raises(ValueError, match="'turbo'"):
         TrainOptions().with_lever("turbo")
+    with pytest.raises(ValueError, match="policy_b"):
+        ab_lever("rt1_tiny", config, "policy", TrainOptions(), threads=1)
+    other = ab_lever("rt1_tiny", config, "policy", TrainOptions(), image_size=64, threads=1,
+                     train_batch=2, rounds=2, steps_per_round=1, policy_b={"image_tokens": 2})
+    assert other.lever == "policy" and other.b_step_ms > 0
 
 
 def test_demo_preset_composes() -> None:
@@ -89,5 +94,12 @@ def test_demo_preset_composes() -> None:
         cfg = compose(config_name="benchmark_policy", overrides=["preset=demo"])
     assert (cfg.demo.image_size, cfg.demo.history, cfg.demo.threads) == (64, 1, 2)
     assert cfg.demo.train_batch == 64 and cfg.demo.act_threads == 1
-    assert TrainOptions(**cfg.demo.options) == TrainOptions()  # the loop's defaults
+    assert TrainOptions(**cfg.demo.options) == TrainOptions()
+    # the preset's options are the training loop's defaults
+    from policy.train.config import OptimConfig, ScheduleConfig
+
+    options, schedule = TrainOptions(), ScheduleConfig()
+    assert options.optimizer_impl == OptimConfig().impl and options.bf16 == schedule.bf16_cpu
+    assert (options.compile, options.channels_last) == (schedule.compile,
+                                                        schedule.channels_last)
     assert set(LEVERS) >= {"bf16", "foreach"}
