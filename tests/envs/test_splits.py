@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 import envs
-from envs.splits import SPLIT_CONFIGS, resolve_split
+from envs.splits import SPLIT_CONFIGS, SplitConfig, resolve_split
 from envs.tasks import TASK_CLASSES
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -49,11 +50,32 @@ def test_held_out_content_never_in_seen() -> None:
     assert bg.light_azimuth[0] > seen.light_azimuth[1]
 
 
-def test_held_out_splits_change_only_their_own_content() -> None:
-    seen = SPLIT_CONFIGS["seen"]
-    assert SPLIT_CONFIGS["distractors"].tables == seen.tables
-    assert SPLIT_CONFIGS["backgrounds"].target_combos == seen.target_combos
-    assert SPLIT_CONFIGS["unseen_object"].distractors == seen.distractors
+# What each split holds out; every other field must be seen's.
+OWN_CONTENT: dict[str, set[str]] = {
+    "seen": set(),
+    "unseen_combo": {"target_combos"},
+    "unseen_object": {"target_combos"},
+    "unseen_instruction": {"instructions"},
+    "distractors": {"distractors"},
+    "backgrounds": {"tables", "light_azimuth", "light_tint", "ambient"},
+}
+
+
+@pytest.mark.parametrize("split", envs.SPLITS)
+def test_each_split_differs_from_seen_in_its_own_fields_and_no_other(split: str) -> None:
+    """Every SplitConfig field of every split, compared with seen's. Fails when a split also
+    changes a field it does not hold out (checked with distractors given another
+    object_scale) or when a new SplitConfig field or split is not listed here."""
+    assert set(OWN_CONTENT) == set(envs.SPLITS)
+    seen, cfg = SPLIT_CONFIGS["seen"], SPLIT_CONFIGS[split]
+    for f in dataclasses.fields(SplitConfig):
+        if f.name == "name":
+            continue
+        ours, theirs = getattr(cfg, f.name), getattr(seen, f.name)
+        if f.name in OWN_CONTENT[split]:
+            assert ours != theirs, f"{split}.{f.name} is seen's: {ours!r}"
+        else:
+            assert ours == theirs, f"{split}.{f.name} = {ours!r}, seen has {theirs!r}"
 
 
 def test_yaml_files_are_exactly_the_splits() -> None:
