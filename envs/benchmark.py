@@ -1,6 +1,6 @@
 """Env throughput: robotok steps/s with rendering, the bare renderer, and panda-gym.
 
-Library code behind scripts/benchmark_env.py (issue 2's goal: >= 2x panda-gym's
+Library code behind scripts/benchmark_env.py (the goal: >= 2x panda-gym's
 PandaPickAndPlace-v3 with rendering at the same resolution, and >= 80% of the bare
 renderer's frame rate for the same scene). All figures come from one process and one run,
 so they are comparable with each other even on a shared machine.

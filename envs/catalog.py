@@ -5,7 +5,7 @@ and the noun instructions use for it) and coloured by a name from `COLOURS`. Pro
 primitives are built with `createCollisionShape`/`createVisualShape` (no files), meshes come
 from `pybullet_data` or from a user's object set.
 
-User object sets (issue 2: "add an object set through config alone") are a YAML file next
+User object sets (added through config alone, no code change) are a YAML file next
 to a folder of URDF/OBJ files::
 
     # my_objects.yaml

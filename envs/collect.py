@@ -19,8 +19,9 @@ together); a process that starts after others have finished only adds its own sh
 
 Labels are the oracle's clean intended action; what the env executes is the label plus
 Gaussian noise on the translation dims (DART, Laskey et al. 2017), clipped to the action
-bounds. FINDINGS.md: labelling the noisy executed action blurred the 256-bin targets, while
-noise on execution only shows the policy how to recover from small errors.
+bounds. In the prototype, labelling the noisy executed action blurred the 256-bin targets,
+while noise on execution only shows the policy how to recover from small errors
+(docs/experiments/2026-11-28-prototype.md).
 """
 
 from __future__ import annotations
@@ -386,7 +387,8 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def _worker_main(cfg: CollectConfig, global_worker: int, quota: int, skip: set[int],
                  queue: Any, parent_pid: int) -> None:
-    """Process entry: one torch/BLAS thread (2-core machines; FINDINGS.md, contention)."""
+    """Process entry: one torch/BLAS thread (2-core machines: oversubscribed threads ran 17x
+    slower, docs/experiments/2026-11-28-prototype.md)."""
     import sys
 
     _die_with_parent(parent_pid)

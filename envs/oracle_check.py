@@ -1,8 +1,8 @@
 """Running the scripted oracles: success-rate checks per task and split, and demo videos.
 
 Library code behind scripts/demo_oracle.py (the interim `make demo`) and the oracle tests.
-The oracle is the upper bound every policy is measured against (issue 2: >= 95% of 50 fixed
-seeds per task and split).
+The oracle is the upper bound every policy is measured against (the goal: >= 95% of 50 fixed
+seeds per task and split; docs/experiments/2026-11-28-env-suite.md).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The Franka Panda: loading, end-effector control through IK, gripper, and its state vector.
 
 The arm is pybullet_data's panda.urdf with its visual meshes swapped for the (much coarser)
-collision meshes: TinyRenderer's cost is dominated by the Panda's triangles (FINDINGS.md:
-18 ms per 96 px frame with the visual meshes), and the coarse meshes render about 10x
-faster while looking the same at 96 px. The rewritten URDF is written once per process
-into a temporary folder with absolute mesh paths.
+collision meshes: TinyRenderer's cost is dominated by the Panda's triangles (18.5 ms
+per 96 px frame with the visual meshes), and the coarse meshes render about 10x faster
+while looking the same at 96 px (docs/experiments/2026-11-28-env-suite.md). The rewritten
+URDF is written once per process into a temporary folder with absolute mesh paths.
 
 Actions (envs/spec.py) are end-effector deltas in the world frame: the robot keeps a target
 pose, adds the delta, and solves IK for the grasp point pointing down.

@@ -1,6 +1,6 @@
 """The contracts shared by env, episode store, tokenizers, checkpoints and the bridge.
 
-One source of truth for the action layout (DESIGN.md, "Action spec"), the state layout,
+One source of truth for the action layout (docs/CONTRACTS.md, "The map"), the state layout,
 the key names every package uses, the control rate, and the disjoint seed ranges of
 collection and evaluation. envs/ owns this module; policy/ imports it (never the reverse).
 
@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 # Key names: the same in env observations, stored episodes, training batches and bridge
-# messages (DESIGN.md, "Key names"). No renaming layers anywhere.
+# messages (docs/CONTRACTS.md, "The map"). No renaming layers anywhere.
 IMAGE = "image"
 WRIST_IMAGE = "wrist_image"
 STATE = "state"

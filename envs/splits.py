@@ -1,4 +1,4 @@
-"""The zero-shot splits (DESIGN.md, "Zero-shot levels"): what content each split may draw.
+"""The zero-shot splits (docs/CONTRACTS.md, "The map"): what content each split may draw.
 
 This module is the one source of truth for split content; conf/split/<name>.yaml only
 selects a split by name and may carry `overrides` (the same keys as `SplitConfig`'s

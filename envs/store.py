@@ -69,7 +69,7 @@ REJECTED_KEY = "rejected_seed"
 # Images: 16 frames per chunk is about one pick episode, so a commit rewrites one or two
 # chunks and a random window touches one; zstd level 3 compressed rendered 96 px frames
 # 22.6x, close to level 5 and cheaper to write; bitshuffle halved the ratio
-# (docs/RESULTS.md, "Image compression").
+# (docs/experiments/2026-11-28-collection-and-store.md, "Image compression").
 DEFAULT_CHUNK_FRAMES = 16
 DEFAULT_IMAGE_CODEC = {"cname": "zstd", "clevel": 3, "shuffle": "shuffle"}
 # Small arrays: a commit rewrites their last chunk, so chunks stay modest (1024-8192 rows

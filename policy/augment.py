@@ -5,9 +5,9 @@ the image's horizontal axis is world y and the scene mirrored about the x-z plan
 valid scene: flip the image left-right, negate y (and the rotations that mirror with it) in
 the state and the action, and swap "left" and "right" in the instruction. Every mirrored
 sample is a new table layout with the same instruction, which is what grounding an
-instruction in an image needs most (docs/RESULTS.md: a probe's held-out error to the named
-object fell 30-40% with it). Only valid for a camera whose eye and target lie in the y = 0
-plane: :func:`check_mirror_camera` refuses any other.
+instruction in an image needs most (a probe's held-out error to the named object fell 30-40%
+with it: docs/experiments/2026-11-28-what-made-it-learn.md). Only valid for a camera whose
+eye and target lie in the y = 0 plane: :func:`check_mirror_camera` refuses any other.
 """
 
 from __future__ import annotations

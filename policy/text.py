@@ -99,7 +99,8 @@ class TextEncoder:
                 threads = torch.get_num_threads()
                 # One string per forward pass, on one thread: padding to a batch's longest
                 # string and the thread count each move the floats (~1e-7), which made a
-                # cached embedding depend on what it was first encoded with (issue 21).
+                # cached embedding depend on what it was first encoded with, and evaluations
+                # stopped being reproducible.
                 torch.set_num_threads(1)
                 try:
                     with torch.inference_mode():

@@ -15,7 +15,7 @@ about. Collect STORE with another seed_start than the training data for held-out
 another window's instruction. x/y error that does not grow there: the policy ignores the
 words (it may still find objects); error that grows: it grounds them.
 
-Method: policy/evaluation/offline.py. Results: docs/RESULTS.md (issue 8).
+Method: policy/evaluation/offline.py. Results: docs/experiments/2026-11-28-gato.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Collect oracle demonstrations into an episode store (hydra entry point; issue 3).
+"""Collect oracle demonstrations into an episode store (hydra entry point).
 
     python scripts/collect.py collect.episodes=200 collect.workers=2 output=data/demos
     python scripts/collect.py output=data/all 'merge_from=[data/a,data/b]'

@@ -6,8 +6,9 @@
 
 Each step is the very same hydra entry point a user can run alone (scripts/collect.py,
 scripts/train.py, scripts/evaluate.py); the recipe (conf/recipe/) only supplies their
-overrides. Steps run as child processes so that each owns its threads (FINDINGS.md: processes
-that share the two cores must not oversubscribe them) and a crash names the failing step.
+overrides. Steps run as child processes so that each owns its threads (processes that
+share the two cores must not oversubscribe them: docs/experiments/2026-11-28-prototype.md)
+and a crash names the failing step.
 """
 
 from __future__ import annotations

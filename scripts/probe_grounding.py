@@ -12,7 +12,7 @@ does not ground the instruction cannot beat the mean by much.
     python scripts/probe_grounding.py STORE [--text raw|layernorm] [--loss mse|onehot|gauss]
         [--mirror] [--episodes N] [--steps N]
 
-Results and the commands behind them: docs/RESULTS.md (issue 8).
+Results and the commands behind them: docs/experiments/2026-11-28-what-made-it-learn.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Train a policy: `python scripts/train.py [policy=rt1_tiny] [train.steps=...] ...` (issue 5).
+"""Train a policy: `python scripts/train.py [policy=rt1_tiny] [train.steps=...] ...`.
 
 Composes conf/train.yaml (typed by policy.train.config), builds the policy config and the
 in-training evaluation from their `_target_`s, and hands over to policy.train.train, which

@@ -5,11 +5,11 @@ templates, judges success from simulator state, and ships a closed-loop scripted
 `oracle(env)` recomputes the intended action from the current privileged state on every
 call, so a collector may execute label + noise (DART) and still record a clean label.
 
-Oracle design rules (FINDINGS.md): no phase in which the observation stays the same while
-the label changes (the gripper closes while its width, which is in the state, shrinks);
-slow down near the object, because grasp-height errors were the main failure; smooth
-labels (a "funnel": the allowed height above the grasp point grows with the horizontal
-error, instead of a hard hover/descend switch).
+Oracle design rules (docs/experiments/2026-11-28-prototype.md): no phase in which the
+observation stays the same while the label changes (the gripper closes while its width,
+which is in the state, shrinks); slow down near the object, because grasp-height errors
+were the main failure; smooth labels (a "funnel": the allowed height above the grasp point
+grows with the horizontal error, instead of a hard hover/descend switch).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The robot bridge: serve a checkpoint's actions to robots over a websocket (issue 7).
+"""The robot bridge: serve a checkpoint's actions to robots over a websocket.
 
 protocol.py  wire format (msgpack, numpy arrays as raw bytes), torch-free
 client.py    the robot-side client, torch-free (numpy, msgpack, websockets only)

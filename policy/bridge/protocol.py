@@ -5,7 +5,7 @@ only the standard library, numpy and msgpack, so it can be copied onto a robot c
 to client.py. docs/PROTOCOL.md is the language-neutral description of the same schema; keep
 the two in step (bump PROTOCOL_VERSION on any incompatible change).
 
-Arrays never travel as pickle (issue 7): an array is the map
+Arrays never travel as pickle (unpickling runs a peer's code): an array is the map
 ``{"__ndarray__": true, "dtype": "float32", "shape": [8], "data": <raw little-endian bytes>}``
 and only plain numeric dtypes are accepted on decode, so a peer can never make us build
 Python objects.

@@ -1,6 +1,6 @@
 """Reading one request frame on the server: the id first, then only what the schema needs.
 
-Issue 17 found error replies without the request's `id` (the id was read only after the
+An earlier server sent error replies without the request's `id` (it read the id only after the
 whole frame had decoded) and a frame of a million empty maps costing 350 ms of event-loop
 time in msgpack's object hook. So a frame is read in two steps, both with bounded work:
 

@@ -5,7 +5,7 @@ observation, control rate, checkpoint hash), sends `reset` with the instruction 
 `act` per control step. Every connection has its own session (frame history) and its own
 worker thread; all sessions share one model's weights. The asyncio loop only reads frames
 (requests.py: bounded work, the id first) and writes replies, so one robot's slow request
-never delays another robot's step, a health check or an error reply (issue 17).
+never delays another robot's step, a health check or an error reply.
 The schema is docs/PROTOCOL.md; the wire helpers are protocol.py.
 
 This module itself does not import torch: `load_served_policy` imports the policy package
@@ -86,11 +86,13 @@ class ServerConfig:
     ping_interval_s: float | None = 20.0
     ping_timeout_s: float | None = 20.0
     # The env's instructions are at most 256 characters (envs/tabletop.py); longer text only
-    # costs the text encoder time and memory (issue 17: 1e6 characters took 750 ms).
+    # costs the text encoder time and memory (1e6 characters took 750 ms and 53 MB).
     max_instruction_chars: int = 256
     # Each connection holds a worker thread and a session; more are refused with HTTP 503.
     max_connections: int = 16
-    torch_threads: int = 1  # one thread: FINDINGS.md measured 17x slowdowns when oversubscribed
+    # One thread: oversubscribed processes ran 17x slower
+    # (docs/experiments/2026-11-28-prototype.md).
+    torch_threads: int = 1
 
     def __post_init__(self) -> None:
         if self.token is None:

@@ -1,4 +1,4 @@
-"""Simulated rollout evaluation and the zero-shot report (issue 6).
+"""Simulated rollout evaluation and the zero-shot report.
 
 `evaluate(...)` runs a checkpoint (or a live policy object), the scripted oracle and
 baselines over every task x split from seeds disjoint from collection's, in parallel worker

@@ -6,13 +6,14 @@ last step's action from the true history (teacher forcing, greedy bins decoded t
 units, eval mode: no augmentation), and the mean absolute error per dimension is reported
 beside the error of the best constant guess (the per-dimension median of the same labels),
 which is what a policy that ignores its image and instruction can reach. A ratio near 1 on
-x/y means the policy does not find the object it is told about (docs/RESULTS.md, Gato).
+x/y means the policy does not find the object it is told about
+(docs/experiments/2026-11-28-gato.md).
 
 Run it on a store the policy never trained on (collect with another ``collect.seed_start``)
 for a held-out figure; on the training store it measures fit. With ``swap_instructions`` every
 window is scored under another window's (different) instruction: a policy whose x/y error does
 not grow ignores its instruction, which separates "cannot find objects" from "does not
-ground the words" (docs/RESULTS.md, Gato).
+ground the words" (docs/experiments/2026-11-28-gato.md).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The worker pool of an evaluation: who runs episodes, in this process or in spawned ones.
 
-Each worker sets one torch thread (FINDINGS.md: two processes with two threads each on two
-cores ran 17x slower), loads the checkpoint itself (nothing big crosses a pipe), and keeps
-one env per (task, split, rendered or not). `EpisodePool.map` returns results in job order,
-whatever order the workers finish in.
+Each worker sets one torch thread (two processes with two threads each on two cores ran 17x
+slower: docs/experiments/2026-11-28-prototype.md), loads the checkpoint itself (nothing big
+crosses a pipe), and keeps one env per (task, split, rendered or not). `EpisodePool.map`
+returns results in job order, whatever order the workers finish in.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class EpisodeRunner:
     def env(self, task: str, split: str, render: bool = True) -> Any:
         """The worker's env for (task, split); `render=False` gives a render-free one (black
         images) for baselines, which never look at pixels: rendering is most of a step's
-        cost (FINDINGS.md) and physics does not depend on it."""
+        cost (docs/experiments/2026-11-28-prototype.md) and physics does not depend on it."""
         key = (task, split, render)
         if key not in self._envs:
             import envs

@@ -2,7 +2,7 @@
 
 `eval_info.json` is a pure function of (checkpoint, env, seeds, plan): it holds no wall-clock
 times, host names or absolute output paths, so the same checkpoint on the same seeds gives a
-byte-identical file (issue 6). Timings go to `timing.json` beside it.
+byte-identical file. Timings go to `timing.json` beside it.
 Shards of one evaluation write the same structure over a subset of the episodes;
 `merge_reports` joins them back into the report of the whole plan.
 """

@@ -18,7 +18,8 @@ from policy.evaluation.episodes import EpisodeSpec
 from policy.evaluation.results import EpisodeResult
 
 # A guard against an env without a step limit: no task here needs more than a few hundred
-# control steps (FINDINGS.md: ~20 steps per pick), so this only ever fires on a bug.
+# control steps (the oracles take 15-30: docs/experiments/2026-11-28-env-suite.md), so this
+# only ever fires on a bug.
 MAX_EPISODE_STEPS = 10_000
 
 

@@ -1,4 +1,4 @@
-"""Logging an evaluation report to TensorBoard (in-training evaluation, issue 6).
+"""Logging an evaluation report to TensorBoard (in-training evaluation).
 
 Scalars: the flat success rates of `EvalReport.scalars()`. Text: report.md's table.
 Videos: TensorBoard shows animated GIFs in its image tab; `SummaryWriter.add_video` needs

@@ -1,7 +1,7 @@
 """The proprioceptive state token: normalise with the data's mean/std, project to d.
 
-FINDINGS.md: one end-effector-state token per frame helped the prototype (the fixed front
-camera gives a weak height cue; the state carries it exactly).
+One end-effector-state token per frame helped the prototype (the fixed front camera gives a
+weak height cue; the state carries it exactly): docs/experiments/2026-11-28-prototype.md.
 """
 
 from __future__ import annotations

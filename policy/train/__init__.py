@@ -1,4 +1,4 @@
-"""Training runs (issue 5): configs, the loop, checkpoints, DDP helpers and logging.
+"""Training runs: configs, the loop, checkpoints, DDP helpers and logging.
 
 `scripts/train.py` composes conf/train.yaml and calls `train`; everything it needs lives
 here so that runs can also be started from Python.

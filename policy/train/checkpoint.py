@@ -1,6 +1,6 @@
 """Checkpoint directories of a run: atomic writes, `last`/`best` pointers, pruning, look-up.
 
-Layout (DESIGN.md, CONTRACTS.md "Training"):
+Layout (docs/CONTRACTS.md, "Training"):
 
     <run_dir>/checkpoints/
         step_00000500/          what Policy.save_pretrained writes (model.safetensors,

@@ -85,7 +85,8 @@ def prepare_launch() -> list[str]:
 def default_num_threads(info: DistInfo) -> int:
     """CPU cores available to this process divided by the processes on this machine.
 
-    FINDINGS.md: two processes with two torch threads each on two cores ran 17x slower.
+    Two processes with two torch threads each on two cores ran 17x slower
+    (docs/experiments/2026-11-28-prototype.md).
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, (cores or 1) // max(1, info.local_world_size))

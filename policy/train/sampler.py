@@ -3,7 +3,7 @@
 Each epoch is a permutation drawn from (seed, epoch), split over ranks as torch's
 DistributedSampler does. A resumed run skips the batches of the current epoch that the
 checkpointed run already consumed, so it sees exactly the batches the uninterrupted run
-would have seen next (issue 5: resume to 2N == 2N uninterrupted).
+would have seen next (N steps, stop, resume to 2N equals 2N uninterrupted).
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ class ResumableSampler(DistributedSampler):
 
 
 def _one_thread(worker_id: int) -> None:
-    # FINDINGS.md: processes sharing cores must not each spawn a full torch thread pool
+    # processes sharing cores must not each spawn a full torch thread pool (two processes with
+    # two threads each on two cores ran 17x slower: docs/experiments/2026-11-28-prototype.md)
     torch.set_num_threads(1)
 
 

@@ -4,8 +4,8 @@ A checkpoint's `training_state/` holds what a resumed run needs beyond the weigh
 optimizer and scheduler state, the step and data position, the best evaluation so far,
 and every rank's python/numpy/torch RNG state. Nested state dicts are split into a JSON
 tree in which each tensor is replaced by `{"__tensor__": key}` and a safetensors file that
-holds the tensors under those keys, so loading never unpickles anything (DESIGN.md,
-"Checkpoint").
+holds the tensors under those keys, so loading never unpickles anything (docs/CONTRACTS.md,
+"The map": a checkpoint loads without pickle).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""unseen_instruction episodes are phrased only with held-out templates (issue 21).
+"""unseen_instruction episodes are phrased only with held-out templates.
 
 At env level, not config level: every task's instructions over a few seeds are matched
 against its templates. Shown to fail on a build whose `Task.templates_for` ignores

@@ -1,8 +1,8 @@
 """Each task's oracle solves a handful of seeds on every split.
 
 The full figure (>= 95% of 50 fixed seeds per task and split) is measured by
-`scripts/demo_oracle.py check=true` and recorded in docs/RESULTS.md; seeds here
-(1000+) are outside that set.
+`scripts/demo_oracle.py check=true` and recorded in docs/experiments/2026-11-28-env-suite.md;
+seeds here (1000+) are outside that set.
 """
 
 from __future__ import annotations

@@ -277,7 +277,7 @@ def test_request_id_is_echoed(server: ServerThread) -> None:
             client.request({"type": "act", "id": 5})
 
 
-# --- issue 17: ids, bounds, isolation -----------------------------------------------------
+# --- ids, bounds, isolation ---------------------------------------------------------------
 
 
 def _array(**override: object) -> dict:
@@ -293,7 +293,7 @@ def _act_with(image: dict, request_id: object = 41) -> bytes:
                           "observation": {"image": image, "state": state}}, use_bin_type=True)
 
 
-# Issue 17, case 1: every request that carried an id got an error reply without it.
+# Before the id-first decoder, a request that carried an id got an error reply without it.
 ID_CASES = {
     "wrong_byte_count": (lambda: _act_with(_array(data=GOOD["image"].tobytes()[:-3])),
                          "bad_ndarray", "has 3069 bytes"),
@@ -351,7 +351,7 @@ def test_unparsable_frame_gets_an_error_reply_without_id(server: ServerThread,
 
 
 def test_nil_id_is_echoed(server: ServerThread) -> None:
-    # Issue 17, case 2: `id: nil` came back without the key.
+    # Before the id-first decoder, `id: nil` came back without the key.
     with BridgeClient(server.url) as client:
         client._ws.send(msgpack.packb({"type": "reset", "instruction": "x", "id": None}))
         reply = P.unpack(client._ws.recv(timeout=5))
@@ -373,7 +373,7 @@ ODD_IDS = {
 
 @pytest.mark.parametrize("case", sorted(ODD_IDS))
 def test_non_scalar_or_extension_id_is_refused(server: ServerThread, case: str) -> None:
-    # Issue 17, case 2: extension ids were echoed although the document rules them out.
+    # Before the id-first decoder, extension ids were echoed; the document rules them out.
     request_id, fragment = ODD_IDS[case]
     with BridgeClient(server.url) as client:
         client._ws.send(msgpack.packb({"type": "reset", "instruction": "x", "id": request_id},
@@ -388,7 +388,7 @@ def test_non_scalar_or_extension_id_is_refused(server: ServerThread, case: str) 
 
 
 def test_array_map_with_5000_dimensions_is_bad_ndarray(server: ServerThread) -> None:
-    # Issue 17, case 3: it got not_msgpack (numpy refused the reshape inside the decoder).
+    # Before the id-first decoder: not_msgpack (numpy refused the reshape inside the decoder).
     with BridgeClient(server.url) as client:
         client.reset("x")
         with pytest.raises(BridgeError) as err:
@@ -400,7 +400,7 @@ def test_array_map_with_5000_dimensions_is_bad_ndarray(server: ServerThread) -> 
 
 
 def test_instruction_longer_than_the_limit_is_bad_value(server: ServerThread) -> None:
-    # Issue 17, case 4: a 1,000,000-character instruction was encoded (750 ms, +53 MB RSS).
+    # Before the length limit, a 1,000,000-character instruction was encoded (750 ms, +53 MB).
     limit = ServerConfig().max_instruction_chars
     with BridgeClient(server.url) as client:
         assert client.metadata.max_instruction_chars == limit == 256
@@ -461,7 +461,7 @@ def test_step_counts_only_served_acts(server: ServerThread) -> None:
 
 
 def test_slow_request_of_one_robot_does_not_block_another(net: TinyNet) -> None:
-    # Issue 17, case 4: a slow reset held the only inference thread and every robot waited.
+    # With one inference thread for all robots, a slow reset made every robot wait.
     # Here robot A's reset never finishes until the test says so; robot B must be served
     # throughout. Structural, no clock: with one shared worker B would time out.
     entered, release = threading.Event(), threading.Event()
@@ -714,7 +714,7 @@ def test_protocol_doc_byte_examples_match_the_encoder() -> None:
 
 
 def test_protocol_doc_examples_match_the_reference_checkpoint() -> None:
-    # Issue 17, case 5: the document showed [96, 96, 3] where rt1_full wants [64, 64, 3].
+    # docs/PROTOCOL.md once showed [96, 96, 3] where rt1_full wants [64, 64, 3].
     from pathlib import Path
 
     from policy.bridge.server import checkpoint_sha256

@@ -1,4 +1,4 @@
-"""The robot-side client must import on a computer without torch (issue 7).
+"""The robot-side client must import on a computer without torch.
 
 Each check runs in a fresh interpreter whose import system refuses torch (a sys.meta_path
 finder that raises ImportError), then asserts that nothing heavy was pulled in indirectly.

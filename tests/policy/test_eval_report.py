@@ -1,4 +1,4 @@
-"""Report writers, shard merging, video selection and the hydra configs (issue 6).
+"""Report writers, shard merging, video selection and the hydra configs.
 
 These use hand-made episode rows, so they run without the simulator; test_eval_rollout.py
 runs the real env.

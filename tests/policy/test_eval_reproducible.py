@@ -1,4 +1,4 @@
-"""An evaluation episode is a function of (checkpoint, task, split, seed) alone (issue 21).
+"""An evaluation episode is a function of (checkpoint, task, split, seed) alone.
 
 The released checkpoint gave different outcomes for the same backgrounds seeds depending on
 which episodes its worker had run before. The cause: a table colour drawn after a table

@@ -1,6 +1,6 @@
 """No pickle in the load paths: a checkpoint, a training state or a backbone file that holds a
-pickle is refused, and the pickle never runs (issue 21; the checkpoint contract says "loads
-without pickle").
+pickle is refused, and the pickle never runs (the checkpoint contract, docs/CONTRACTS.md, says
+"loads without pickle").
 
 Each pickle here, if unpickled, calls `os.mkdir(marker)`; every test asserts both that the
 loader raises and that the marker does not exist. Shown to fail on a build whose

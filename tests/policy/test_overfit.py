@@ -26,8 +26,8 @@ def _episode(rng: np.random.Generator, colour: str, max_steps: int = 12
              ) -> dict[str, np.ndarray]:
     """Move to the block (at most 0.4 per step), close the gripper there, then terminate.
 
-    Every phase is observable (FINDINGS.md): arrival from the state and the image, the closed
-    gripper from the gripper width in the state.
+    Every phase is observable (docs/experiments/2026-11-28-prototype.md): arrival from
+    the state and the image, the closed gripper from the gripper width in the state.
     """
     target = rng.uniform(-0.8, 0.8, size=2)
     distractor = -target

@@ -122,7 +122,7 @@ def test_text_encoder_caches_by_string_and_is_shared(text_encoder) -> None:
 def test_text_embedding_depends_on_the_string_alone() -> None:
     """Bit for bit the same embedding whether a string is first encoded in a batch with longer
     strings (padding) or alone, at 2 torch threads or at 1: a policy's cached embedding must
-    not depend on what it was first encoded with (issue 21). Fails when encode() runs the
+    not depend on what it was first encoded with. Fails when encode() runs the
     missing strings as one padded batch at the caller's thread count (differences ~1e-7)."""
     texts = ["push the red cube to the left",
              "place the small green cylinder on the yellow plate, then let go of it gently"]
