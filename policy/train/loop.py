@@ -2,8 +2,9 @@
 
 `train(cfg, policy_config, run_dir, train_config)` builds the dataset and the policy,
 restores a checkpoint when asked, and runs `cfg.train.steps` AdamW steps with warm-up +
-cosine, gradient clipping, optional bf16 autocast on CUDA, DistributedDataParallel when
-several processes run, periodic logging, atomic checkpoints and in-training evaluation.
+cosine, gradient clipping, optional bf16 autocast (CUDA; the CPU when asked),
+DistributedDataParallel when several processes run, periodic logging, atomic checkpoints and
+in-training evaluation.
 scripts/train.py is the hydra entry point that calls it.
 
 The speed switches (`optim.impl`, `train.bf16_cpu`, `train.compile`, `train.channels_last`)
