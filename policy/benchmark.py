@@ -7,11 +7,11 @@ Measures, in one process and one run (so the figures are comparable on a shared 
 - ``train``: forward + backward + AdamW step on a synthetic contract batch, in samples/s;
 and the same for lucidrains' robotic-transformer-pytorch RT1 (MaxViT + FiLM + TokenLearner),
 given precomputed text embeddings, at the same image size and history, when its package can be
-imported. The peer's text conditioner builds a T5 model from the hub when constructed;
-following FINDINGS.md its ``t5`` entry is replaced by a stub that only supplies
-``dim_latent=768``, so nothing touches the network. The peer's own package imports
-``open_clip`` (which needs torchvision, forbidden here) for an adapter RT1 does not use; that
-import is answered by an empty module.
+imported. The peer's text conditioner builds a T5 model from the hub when constructed; as
+docs/experiments/2026-11-28-prototype.md describes, its ``t5`` entry is replaced by a stub
+that only supplies ``dim_latent=768``, so nothing touches the network. The peer's own package
+imports ``open_clip`` (which needs torchvision, forbidden here) for an adapter RT1 does not
+use; that import is answered by an empty module.
 
 Two more modes serve the speed work of issue 16 (docs/experiments/2026-11-30-speed.md):
 - :func:`demo_preset`: the demo's training settings (batch 64, history 1, 64 px, 2 threads;

@@ -2,14 +2,15 @@
 
 Per frame: the camera image (resized to 64 px by default) goes through an EfficientNet-style
 conv net whose blocks are FiLM-conditioned on the instruction's sentence embedding (by default
-EfficientNetV2's Fused-MBConv blocks, which trained 1.3x faster on a CPU than depthwise MBConv;
-docs/RESULTS.md), TokenLearner pools it to 8 tokens, and one proprioceptive-state token
-is added (FINDINGS.md). A history of T frames of those tokens is read by a decoder-only
-transformer whose mask is causal over frames (every token of frame t sees all tokens of frames
-<= t). The tokens of each frame are mean-pooled and one linear head predicts all action
-dimensions of that step in parallel, as the released RT-1 code does; the loss is cross-entropy
-over 256 bins per dimension on every non-padded frame, against a Gaussian over neighbouring
-bins (HL-Gauss) rather than RT-1's one-hot target, so the bins keep their order.
+EfficientNetV2's Fused-MBConv blocks, which trained 1.3x faster on a CPU than depthwise
+MBConv; docs/RESULTS.md), TokenLearner pools it to 8 tokens, and one proprioceptive-state
+token is added (docs/experiments/2026-11-28-prototype.md). A history of T frames of those
+tokens is read by a decoder-only transformer whose mask is causal over frames (every token of
+frame t sees all tokens of frames <= t). The tokens of each frame are mean-pooled and one
+linear head predicts all action dimensions of that step in parallel, as the released RT-1 code
+does; the loss is cross-entropy over 256 bins per dimension on every non-padded frame, against
+a Gaussian over neighbouring bins (HL-Gauss) rather than RT-1's one-hot target, so the bins
+keep their order.
 
 Three departures from the paper came in together when the policy began to learn on a 2-core
 CPU (docs/RESULTS.md, "What made it learn"): a LayerNorm on the sentence embedding before
@@ -49,8 +50,8 @@ from policy.transformer import Transformer, TransformerConfig
 class RT1Config:
     """RT-1 model and tokenizer settings; every field is saved in config.json."""
 
-    history: int = 2  # frames in context (RT-1 used 6; FINDINGS: 3 frames cost 2.3x per step)
-    resize_to: int | None = 64  # model resolution; FINDINGS: 64 px learned 1.6x faster than 96
+    history: int = 2  # frames in context (RT-1 used 6; prototype: 3 frames cost 2.3x)
+    resize_to: int | None = 64  # model resolution; prototype: 64 px learned 1.6x faster than 96
     augment_shift: int = 4  # random-shift pixels at model resolution during training; 0 = off
     augment_mirror: float = 0.5  # share of training samples mirrored left-right (augment.py)
     conv_channels: tuple[int, ...] = (16, 32, 64, 128)  # stem width, then one stage per entry

@@ -20,7 +20,7 @@ from torch import nn
 @dataclass
 class TransformerConfig:
     d_model: int = 128  # width of every token
-    n_layer: int = 3  # FINDINGS: 3 layers of d=128 learned pick-up in 10 CPU-minutes
+    n_layer: int = 3  # prototype: 3 layers of d=128 learned pick-up in 10 CPU-minutes
     n_head: int = 4  # head size d_model / n_head
     mlp_ratio: int = 4  # MLP hidden = mlp_ratio * d_model, as in GPT-2
     dropout: float = 0.1

@@ -4,7 +4,8 @@ RT-1 (Brohan et al. 2022, sec. 4): an EfficientNet-style conv net whose blocks a
 conditioned on the instruction embedding (FiLM layers start as the identity, so a pretrained
 backbone is not disturbed at the start of training), followed by TokenLearner (Ryoo et al.
 2021), which pools the feature map into 8 learned soft-attention tokens per frame. GroupNorm
-replaces BatchNorm because CPU batches here are small (FINDINGS.md).
+replaces BatchNorm because CPU batches here are small
+(docs/experiments/2026-11-28-prototype.md).
 
 Gato (Reed et al. 2022, sec. 2.1-2.2): the frame is cut into 16x16 patches, each patch is
 normalised to [-1, 1] and divided by sqrt(patch size), passed through a single ResNet v2

@@ -26,7 +26,7 @@ class DataConfig:
 
     path: str = MISSING  # an episode store directory (envs/store.py), relative to the cwd
     history: int = 1  # frames per sample; must match what the policy reads
-    in_memory: bool = True  # FINDINGS.md: loading from RAM was 2% of a step
+    in_memory: bool = True  # the prototype: loading from RAM was 2% of a step
     tasks: Optional[list[str]] = None  # noqa: UP045 (OmegaConf 2.3 needs typing.Optional)
     num_workers: int = 0  # DataLoader worker processes (one torch thread each)
 
@@ -41,7 +41,7 @@ class DataConfig:
 class OptimConfig:
     """AdamW with linear warm-up then cosine decay, and gradient-norm clipping."""
 
-    lr: float = 3e-4  # FINDINGS.md: AdamW 3e-4 learned pick in 10 CPU-minutes
+    lr: float = 3e-4  # the prototype: AdamW 3e-4 learned pick in 10 CPU-minutes
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
