@@ -3,7 +3,7 @@
 - the report of a tiny (untrained) RT-1 checkpoint on 2 episodes per split has every field;
 - the scripted oracle succeeds on >= 95% of seen episodes;
 - the same checkpoint on the same seeds gives the same eval_info.json, and the worker count
-  does not change it;
+  does not change the checkpoint's results or the baselines';
 - a checkpoint that does not fit the env is refused, naming the mismatch;
 - shards run through the hydra config merge into the unsharded report;
 - in-training use: a live policy object, results logged to TensorBoard.
@@ -51,6 +51,10 @@ SMALL = dict(tasks=["pick"], episodes=2, workers=0, videos_per_split=1,
              baselines=["oracle", "random"], progress=False, plot=False)
 
 
+# Wilson score intervals (z = 1.96) of 0, 1 and 2 successes in 2 episodes, worked by hand.
+WILSON_OF_2 = {0: (0.0, 0.6576), 1: (0.0945, 0.9055), 2: (0.3424, 1.0)}
+
+
 @pytest.fixture(scope="module")
 def report_dir(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report")
@@ -59,6 +63,8 @@ def report_dir(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def test_report_of_a_tiny_checkpoint_has_every_field(report_dir: Path, checkpoint: Path):
+    """Every field, and each cell's count, rate and Wilson interval from its own rows (fails
+    when the interval is computed for one episode too many)."""
     info = json.loads((report_dir / "eval_info.json").read_text())
     meta = info["meta"]
     assert meta["policies"] == ["rt1", "oracle", "random"]
@@ -83,8 +89,11 @@ def test_report_of_a_tiny_checkpoint_has_every_field(report_dir: Path, checkpoin
     for pol in meta["policies"]:
         for split in envs.SPLITS:
             cell = groups[(pol, "pick", split)]
-            assert cell["episodes"] == 2
-            assert 0.0 <= cell["ci_low"] <= cell["success_rate"] <= cell["ci_high"] <= 1.0
+            wins = sum(r["success"] for r in rows if (r["policy"], r["split"]) == (pol, split))
+            assert cell["episodes"] == 2 and cell["successes"] == wins
+            assert cell["success_rate"] == wins / 2
+            # the Wilson interval (z = 1.96) of this cell's own count out of 2
+            assert (cell["ci_low"], cell["ci_high"]) == pytest.approx(WILSON_OF_2[wins], abs=1e-4)
             assert groups[(pol, None, split)]["episodes"] == 2
         assert groups[(pol, None, None)]["episodes"] == 2 * len(envs.SPLITS)
         assert groups[(pol, "pick", None)]["episodes"] == 2 * len(envs.SPLITS)
@@ -121,16 +130,16 @@ def test_oracle_succeeds_on_the_seen_split(tmp_path: Path):
     assert oracle.success_rate >= 0.95, [r for r in report.rows if not r.success]
 
 
-def test_results_do_not_depend_on_the_number_of_workers(tmp_path: Path):
-    # Baselines only: spawned workers that load a checkpoint start slowly (torch and the
-    # sentence encoder, ~15 s each here); the pool, the seeds and the ordering are the same.
-    kw = dict(tasks=["pick", envs.TASKS[-1]], splits=["seen", "distractors"], episodes=2,
-              baselines=["oracle", "random"], progress=False, plot=False,
-              env=EnvSettings(image_size=IMAGE_SIZE))
-    evaluate(None, workers=0, out_dir=tmp_path / "w0", **kw)
-    evaluate(None, workers=2, out_dir=tmp_path / "w2", **kw)
-    assert (tmp_path / "w0" / "eval_info.json").read_text() == (
-        tmp_path / "w2" / "eval_info.json").read_text()
+def test_a_checkpoints_results_do_not_depend_on_the_number_of_workers(
+    report_dir: Path, checkpoint: Path, tmp_path: Path
+):
+    """The checkpoint and both baselines, every split, videos included: two spawned workers
+    (each loading the checkpoint) write the same eval_info.json as the in-process run.
+    Fails when a worker evaluates another checkpoint than the parent's (checked by having
+    spawned workers perturb one weight on load)."""
+    evaluate(str(checkpoint), out_dir=tmp_path, **{**SMALL, "workers": 2})
+    assert (tmp_path / "eval_info.json").read_text() == (
+        report_dir / "eval_info.json").read_text()
 
 
 def test_tasks_trained_evaluates_only_the_checkpoints_training_tasks(checkpoint: Path):

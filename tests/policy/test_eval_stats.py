@@ -41,6 +41,7 @@ def test_aggregate_label_shows_rate_interval_and_count():
 
 
 def test_seeds_depend_only_on_episode_index_and_start_past_collection():
+    """Fails when episode j's seed is not seed_start + j (checked with seed_start + 2j)."""
     full = plan_episodes(["rt1", "oracle"], ["pick", "place"], ["seen", "distractors"], 3)
     only_pick = plan_episodes(["rt1"], ["pick"], ["distractors"], 3)
     seeds = {(e.policy, e.task, e.split, e.index): e.seed for e in full}
@@ -50,7 +51,10 @@ def test_seeds_depend_only_on_episode_index_and_start_past_collection():
     assert [e.seed for e in full if e.policy == "oracle"] == [
         e.seed for e in full if e.policy == "rt1"
     ]
-    assert min(e.seed for e in full) == EVAL_SEED_START > COLLECT_SEED_START
+    # every seed lies past the collection range, and the first is its start
+    assert all(e.seed >= EVAL_SEED_START for e in full)
+    assert min(e.seed for e in full) == EVAL_SEED_START
+    assert {e.seed for e in full} == {EVAL_SEED_START + j for j in range(3)}
     with pytest.raises(ValueError, match="overlaps the collection seed range"):
         plan_episodes(["rt1"], ["pick"], ["seen"], 2, seed_start=COLLECT_SEED_START)
 

@@ -29,12 +29,29 @@ def test_token_by_token_with_cache_equals_one_causal_pass() -> None:
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
 
 
-def test_cache_keep_drops_positions() -> None:
-    model = Transformer(TransformerConfig(d_model=16, n_layer=1, n_head=2, dropout=0.0))
+def test_cache_keep_keeps_exactly_the_named_positions() -> None:
+    """Every layer keeps the keys and values of the named positions, in order, and the next
+    call attends to them alone. Fails on a keep() that keeps the first or last len(index)
+    positions (checked with a monkeypatched keep)."""
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(d_model=16, n_layer=2, n_head=2, dropout=0.0)).eval()
     cache = model.new_cache()
     model(torch.randn(1, 5, 16), None, cache)
-    cache.keep(torch.tensor([0, 3, 4]))
+    keys = [k.clone() for k in cache.keys]
+    values = [v.clone() for v in cache.values]
+    kept = torch.tensor([0, 3, 4])
+    cache.keep(kept)
     assert len(cache) == 3
+    for layer in range(2):
+        assert torch.equal(cache.keys[layer], keys[layer][:, :, kept])
+        assert torch.equal(cache.values[layer], values[layer][:, :, kept])
+    # the next token sees the kept positions only: the same as a cache filled with just them
+    new = torch.randn(1, 1, 16)
+    rebuilt = model.new_cache()
+    rebuilt.keys = [k[:, :, kept] for k in keys]
+    rebuilt.values = [v[:, :, kept] for v in values]
+    assert torch.equal(model(new, None, cache), model(new, None, rebuilt))
+    assert len(cache) == 4 and torch.equal(cache.keys[1][:, :, :3], keys[1][:, :, kept])
 
 
 def test_mask_blocks_information_flow() -> None:
