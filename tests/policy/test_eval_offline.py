@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import default_collate
 
 from envs.spec import DEFAULT_ACTION_SPEC
-from policy import make_policy
+from policy import Policy, make_policy
 from policy.evaluation.offline import DimError, action_error, markdown_table, swap_instructions
 from policy.tokenizers.actions import UniformActionTokenizer
 
@@ -147,6 +148,9 @@ def test_script_rejects_bad_sample_count() -> None:
 
 
 def test_script_scores_two_checkpoints_on_a_store(tmp_path, compose_policy) -> None:
+    """The script's table holds the figures action_error gives for the same windows. Fails
+    on a script that draws another window set per history (a scratch copy drawing idx with
+    the history as seed)."""
     from envs.collect import CollectConfig, collect
     from policy.data import EpisodeDataset
 
@@ -172,3 +176,20 @@ def test_script_scores_two_checkpoints_on_a_store(tmp_path, compose_policy) -> N
     assert rows[0] == ("| dim | constant (median) | ckpt | ratio | ckpt, swapped | ratio | "
                        "ckpt (2) | ratio | ckpt (2), swapped | ratio |")
     assert [r.split(" | ")[0][2:] for r in rows[1:]] == DEFAULT_ACTION_SPEC.names
+    # the figures: the same 20 windows (seed 0) scored here, in batches of 8, for each
+    # checkpoint with and without swapped instructions
+    expected = []
+    for ckpt in checkpoints:
+        policy = Policy.from_pretrained(Path(ckpt))
+        windows = EpisodeDataset(store, history=int(policy.config.history))
+        idx = np.random.default_rng(0).choice(len(windows), 20, replace=False)
+        batches = [default_collate(windows.__getitems__([int(j) for j in idx[i:i + 8]]))
+                   for i in range(0, 20, 8)]
+        expected += [action_error(policy, batches), action_error(policy, batches, swap=True)]
+    printed = np.array([[float(c) for c in r.strip("| ").split(" | ")[1:]] for r in rows[1:]])
+    want = np.array([[dim[0].constant] + [x for d in dim for x in (d.policy, d.ratio)]
+                     for dim in zip(*expected, strict=True)])  # a row per dimension
+    assert printed.shape == want.shape == (len(DEFAULT_ACTION_SPEC), 1 + 2 * 4)
+    errors, ratios = [0, 1, 3, 5, 7], [2, 4, 6, 8]  # constant, then (error, ratio) x 4
+    np.testing.assert_allclose(printed[:, errors], want[:, errors], atol=6e-5)  # .4f
+    np.testing.assert_allclose(printed[:, ratios], want[:, ratios], atol=6e-3)  # .2f
