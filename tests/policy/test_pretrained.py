@@ -50,11 +50,16 @@ def _episode(policy: Policy, task: str, seed: int) -> bool:
         env.close()
 
 
-def test_reference_checkpoint_picks(reference: Policy) -> None:
-    """Evaluation seeds (never trained on) of the seen split: at least 2 of 4 succeed.
+EPISODES, BAR = 16, 10
 
-    The full evaluation of this checkpoint (docs/RESULTS.md) puts seen-split pick well above
-    50%; a broken load, a changed tokenizer or a changed renderer drops this to ~0.
+
+def test_reference_checkpoint_picks(reference: Policy) -> None:
+    """The first 16 evaluation seeds (never trained on) of seen-split pick: at least 10 win.
+
+    The model card (README.md) says 85% on 20 episodes (Wilson [64, 95]); the committed
+    eval_info.json has 13 of these 16 seeds as successes, and a policy at 85% falls below 10
+    of 16 with probability 0.6%. Fails (0 of 16) on broken builds: the same config with
+    untrained weights, and the checkpoint reset with an empty instruction.
     """
-    wins = sum(_episode(reference, "pick", EVAL_SEED_START + i) for i in range(4))
-    assert wins >= 2, f"{wins}/4 pick episodes succeeded"
+    wins = sum(_episode(reference, "pick", EVAL_SEED_START + i) for i in range(EPISODES))
+    assert wins >= BAR, f"{wins}/{EPISODES} pick episodes succeeded; expected >= {BAR}"
