@@ -133,18 +133,24 @@ def test_eval_configs_compose_and_instantiate(name: str):
 
 
 def test_a_scene_the_env_cannot_build_is_listed_and_left_out_of_aggregates(tmp_path: Path):
+    """The real env's refusal of an impossible scene becomes a listed error row. Fails when
+    the env refuses with another exception than the one evaluation catches (a scratch env
+    raising RuntimeError), which a stand-in env would hide."""
+    import envs
     from envs.spec import DEFAULT_ACTION_SPEC
     from policy.evaluation.actors import NoopActor
     from policy.evaluation.episodes import EpisodeSpec
     from policy.evaluation.rollout import run_episode
 
-    class CrowdedEnv:
-        def reset(self, *, seed: int) -> None:
-            raise ValueError("impossible scene: cannot place 7 objects")
-
+    # the real env, asked for more distractors than its table region holds
+    crowded = envs.make_env("place", "distractors", skip_render=True,
+                            split_overrides={"distractors": [20, 20]})
     spec = EpisodeSpec("oracle", "place", "distractors", 3, EVAL_SEED_START + 3)
-    broken = run_episode(CrowdedEnv(), NoopActor(DEFAULT_ACTION_SPEC), spec).result
-    assert broken.error is not None and "cannot place 7 objects" in broken.error
+    try:
+        broken = run_episode(crowded, NoopActor(DEFAULT_ACTION_SPEC), spec).result
+    finally:
+        crowded.close()
+    assert broken.error is not None and "cannot place 22 objects" in broken.error
     assert (broken.steps, broken.ended_by, broken.success) == (0, "error", False)
 
     rows, meta = fake_rows()
