@@ -58,11 +58,13 @@ def main(cfg: DictConfig) -> None:
                                          demo.act_threads, demo.train_batch, demo.train_steps,
                                          demo.act_calls)), flush=True)
             return
+        policy_b = (None if cfg.ab.policy_b is None
+                    else OmegaConf.to_container(cfg.ab.policy_b))
         for name, config in models.items():
             result = ab_lever(name, config, cfg.ab.lever, options, demo.image_size,
                               demo.threads, demo.train_batch, cfg.ab.rounds,
                               cfg.ab.steps_per_round, cfg.ab.store, cfg.ab.loss_steps,
-                              cfg.ab.loss_window, OmegaConf.to_container(cfg.ab.policy_b))
+                              cfg.ab.loss_window, policy_b)
             print(json.dumps(dataclasses.asdict(result)), flush=True)
         return
     if cfg.overfit.store:

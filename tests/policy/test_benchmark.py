@@ -92,6 +92,10 @@ def test_demo_preset_composes() -> None:
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="benchmark_policy", overrides=["preset=demo"])
+        # the documented Gato comparison composes (a dict where the default is null)
+        other = compose(config_name="benchmark_policy",
+                        overrides=["ab.lever=policy", "ab.policy_b={patch_size: 32}"])
+    assert cfg.ab.policy_b is None and dict(other.ab.policy_b) == {"patch_size": 32}
     assert (cfg.demo.image_size, cfg.demo.history, cfg.demo.threads) == (64, 1, 2)
     assert cfg.demo.train_batch == 64 and cfg.demo.act_threads == 1
     assert TrainOptions(**cfg.demo.options) == TrainOptions()
