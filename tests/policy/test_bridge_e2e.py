@@ -242,8 +242,9 @@ def test_serve_and_robot_scripts_end_to_end_then_sigterm(checkpoint: Path,
         assert len(report["episodes"]) == 2
         for episode in report["episodes"]:
             assert episode["steps"] == 6 and episode["timeouts"] == 0
-            # 10 Hz target; a loaded 2-core CI machine may miss some ticks, not most of them
-            assert 5.0 < episode["achieved_hz"] <= 10.5
+            # every step lasts at least one 100 ms period, however loaded the machine (the
+            # pacing itself is checked on a virtual clock in test_bridge.py)
+            assert 0.0 < episode["achieved_hz"] <= 10.0 + 1e-6
             assert isinstance(episode["success"], bool)
         # a robot still connected when the server is told to stop is closed cleanly
         client = BridgeClient(ready["url"])
