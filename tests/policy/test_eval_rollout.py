@@ -2,8 +2,8 @@
 
 - the report of a tiny (untrained) RT-1 checkpoint on 2 episodes per split has every field;
 - the scripted oracle succeeds on >= 95% of seen episodes;
-- the same checkpoint on the same seeds gives the same eval_info.json, and the worker count
-  does not change the checkpoint's results or the baselines';
+- the same checkpoint on the same seeds gives the same eval_info.json, whatever the worker
+  count (the checkpoint's results and the baselines');
 - a checkpoint that does not fit the env is refused, naming the mismatch;
 - shards run through the hydra config merge into the unsharded report;
 - in-training use: a live policy object, results logged to TensorBoard.
@@ -113,14 +113,6 @@ def test_report_of_a_tiny_checkpoint_has_every_field(report_dir: Path, checkpoin
         assert ("success" if v["success"] else "failure") in v["path"]
 
 
-def test_same_checkpoint_and_seeds_give_the_same_eval_info(
-    report_dir: Path, checkpoint: Path, tmp_path: Path
-):
-    evaluate(str(checkpoint), out_dir=tmp_path, **SMALL)
-    first = (report_dir / "eval_info.json").read_bytes()
-    assert (tmp_path / "eval_info.json").read_bytes() == first
-
-
 def test_oracle_succeeds_on_the_seen_split(tmp_path: Path):
     # 3 episodes x every task, render-free (the oracle never looks at pixels).
     report = evaluate(None, splits=["seen"], episodes=3, workers=0, baselines=["oracle"],
@@ -130,16 +122,17 @@ def test_oracle_succeeds_on_the_seen_split(tmp_path: Path):
     assert oracle.success_rate >= 0.95, [r for r in report.rows if not r.success]
 
 
-def test_a_checkpoints_results_do_not_depend_on_the_number_of_workers(
+def test_same_checkpoint_and_seeds_give_the_same_eval_info_with_any_worker_count(
     report_dir: Path, checkpoint: Path, tmp_path: Path
 ):
-    """The checkpoint and both baselines, every split, videos included: two spawned workers
-    (each loading the checkpoint) write the same eval_info.json as the in-process run.
-    Fails when a worker evaluates another checkpoint than the parent's (checked by having
-    spawned workers perturb one weight on load)."""
+    """A second run of the checkpoint and both baselines, every split, videos included, in two
+    spawned workers (each loading the checkpoint and running its own share of episodes)
+    writes the same eval_info.json as the in-process run. Fails when a worker evaluates
+    other weights than the parent's (checked with spawned workers perturbing the weights
+    they load)."""
     evaluate(str(checkpoint), out_dir=tmp_path, **{**SMALL, "workers": 2})
-    assert (tmp_path / "eval_info.json").read_text() == (
-        report_dir / "eval_info.json").read_text()
+    assert (tmp_path / "eval_info.json").read_bytes() == (
+        report_dir / "eval_info.json").read_bytes()
 
 
 def test_tasks_trained_evaluates_only_the_checkpoints_training_tasks(checkpoint: Path):
