@@ -122,6 +122,7 @@ def test_oracle_succeeds_on_the_seen_split(tmp_path: Path):
     assert oracle.success_rate >= 0.95, [r for r in report.rows if not r.success]
 
 
+@pytest.mark.slow  # two spawned workers import torch and the sentence encoder (~9 s each)
 def test_same_checkpoint_and_seeds_give_the_same_eval_info_with_any_worker_count(
     report_dir: Path, checkpoint: Path, tmp_path: Path
 ):
