@@ -24,6 +24,8 @@ split's light ranges::
       margin: 0.15             # min RGB distance of every texel to those colours
       bank: 1024               # how many distinct tables (table i is fixed by seed and i)
       seed: 0
+      saturation: [0.0, 0.85]  # HSV ranges of the palette
+      value: [0.2, 0.92]
 
 Procedural tables are how training sees many surfaces without seeing the held-out ones:
 the pattern families exclude the checkerboards and the labelled grid of the backgrounds
@@ -73,6 +75,8 @@ class Procedural:
     margin: float = 0.15
     bank: int = 1024  # distinct generated tables; table i is a pure function of (seed, i)
     seed: int = 0
+    saturation: tuple[float, float] = (0.0, 0.85)  # HSV ranges the palette is drawn from
+    value: tuple[float, float] = (0.2, 0.92)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.share <= 1.0:
@@ -85,6 +89,10 @@ class Procedural:
             raise ValueError(f"procedural.margin={self.margin}; expected 0..0.5 (RGB units)")
         if self.bank < 1:
             raise ValueError(f"procedural.bank={self.bank}; expected >= 1")
+        for name in ("saturation", "value"):
+            lo, hi = getattr(self, name)
+            if not 0.0 <= lo <= hi <= 1.0:
+                raise ValueError(f"procedural.{name}={[lo, hi]}; expected 0 <= low <= high <= 1")
 
     def table(self, index: int) -> tuple[str, np.ndarray]:
         """Generated table `index` of the bank: (family, image (n, n, 3) uint8)."""
@@ -170,8 +178,9 @@ def load_scene_set(path: str | os.PathLike) -> SceneSet:
     procedural = None
     if data.get("procedural") is not None:
         spec = dict(data["procedural"])
-        if "families" in spec:
-            spec["families"] = tuple(spec["families"])
+        for key in ("families", "saturation", "value"):
+            if key in spec:
+                spec[key] = tuple(spec[key])
         try:
             procedural = Procedural(**spec)
         except TypeError as err:
@@ -220,8 +229,8 @@ def min_distance(pixels: np.ndarray, avoid: np.ndarray) -> float:
 
 
 # ---- procedural textures ------------------------------------------------------------
-def _random_colour(rng: np.random.Generator) -> np.ndarray:
-    h, s, v = rng.uniform(0, 1), rng.uniform(0.0, 0.85), rng.uniform(0.2, 0.92)
+def _random_colour(rng: np.random.Generator, spec: Procedural) -> np.ndarray:
+    h, s, v = rng.uniform(0, 1), rng.uniform(*spec.saturation), rng.uniform(*spec.value)
     return np.asarray(colorsys.hsv_to_rgb(h, s, v))
 
 
@@ -285,7 +294,7 @@ def procedural_table(rng: np.random.Generator, spec: Procedural,
     weight = np.round(_pattern(family, rng, n)[..., None] * 32) / 32  # (n, n, 1)
     levels = np.unique(weight)[:, None]  # every mixing weight the image uses, (k, 1)
     for _ in range(100):
-        a, b = _random_colour(rng), _random_colour(rng)
+        a, b = _random_colour(rng, spec), _random_colour(rng, spec)
         # Check the colours as stored (8 bits), one per distinct weight.
         texels = a * (1 - levels) + b * levels  # (k, 3)
         if min_distance(texels, avoid) >= spec.margin:

@@ -61,6 +61,20 @@ def test_a_table_inside_the_margin_is_never_returned() -> None:
         procedural_table(np.random.default_rng(0), Procedural(margin=0.5))
 
 
+def test_muted_tables_keep_to_their_saturation() -> None:
+    import colorsys
+
+    spec = load_scene_set(REPO / "conf/env/scene_sets/train_muted.yaml").procedural
+    assert spec is not None and spec.saturation[1] <= 0.45
+    avoid = held_out_colours(spec.keep_away_from)
+    for i in range(0, spec.bank, 16):
+        family, image = spec.table(i)
+        corners = image[[0, 0, -1, -1], [0, -1, 0, -1]] / 255.0  # pure palette colours
+        sat = max(colorsys.rgb_to_hsv(*c)[1] for c in corners)
+        assert sat <= spec.saturation[1] + 0.02, (i, family)
+        assert min_distance(image, avoid) >= spec.margin
+
+
 def test_training_episodes_draw_no_held_out_table_or_light() -> None:
     held_out = set(SPLIT_CONFIGS["backgrounds"].tables)
     bg = SPLIT_CONFIGS["backgrounds"]
@@ -145,6 +159,7 @@ def test_user_scene_set_renders_its_own_tables_and_light() -> None:
     ("procedural: {share: 1.5}", "share=1.5"),
     ("procedural: {share: 0.5}", "no tables"),
     ("procedural: {share: 1.0, keep_away_from: moon}", "moon"),
+    ("procedural: {share: 1.0, saturation: [0.6, 0.2]}", r"saturation=\[0.6, 0.2\]"),
 ])
 def test_bad_scene_sets_are_refused_naming_the_value(tmp_path: Path, text: str,
                                                      match: str) -> None:
