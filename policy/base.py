@@ -1,6 +1,6 @@
 """The Policy API shared by every model family, and checkpoints without hydra or pickle.
 
-LeRobot-like (DESIGN.md, "Policy API"): ``forward(batch) -> (loss, metrics)``,
+LeRobot-like (docs/CONTRACTS.md): ``forward(batch) -> (loss, metrics)``,
 ``reset(instruction)``, ``select_action(observation)``, ``save_pretrained(dir)``,
 ``Policy.from_pretrained(dir)``, plus ``check_env(env_info)``. A checkpoint directory holds
 ``model.safetensors``, ``config.json`` (policy kind + config dataclass fields),
@@ -144,7 +144,8 @@ def binned_action_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch
     sigma_bins = 0: one-hot targets (RT-1, Gato). sigma_bins > 0: the target is a Gaussian
     over neighbouring bins ("HL-Gauss", Imani & White 2018; Farebrother et al. 2024), so a
     prediction one bin off costs little and a far one costs much: the bins keep their order
-    (docs/RESULTS.md, "What made it learn", has what it changed and what is not yet isolated).
+    (docs/experiments/2026-11-28-what-made-it-learn.md has what it changed and what is not
+    yet isolated).
     """
     # float32 whatever the forward's autocast made the logits: the loss is not computed in bf16
     logits, targets = logits[valid].float(), targets[valid]  # (N, A, K), (N, A)

@@ -13,7 +13,7 @@ that only supplies ``dim_latent=768``, so nothing touches the network. The peer'
 imports ``open_clip`` (which needs torchvision, forbidden here) for an adapter RT1 does not
 use; that import is answered by an empty module.
 
-Two more modes serve the speed work of issue 16 (docs/experiments/2026-11-30-speed.md):
+Two more modes serve the training-speed work (docs/experiments/2026-11-30-speed.md):
 - :func:`demo_preset`: the demo's training settings (batch 64, history 1, 64 px, 2 threads;
   acting at batch 1 on one thread), the training step exactly as policy/train/loop.py takes
   it, one JSON line;
@@ -366,7 +366,7 @@ def overfit_store(path: str, name: str, config: Any, episodes: int = 4, steps: i
     return points
 
 
-# ----------------------------------------------------------------------------- issue 16
+# ------------------------------------------------------- demo preset and lever A/B
 
 LEVERS = ("foreach", "fused", "bf16", "compile", "channels_last")
 # the camera of the default env (envs/camera.py): lets the mirror augmentation run as in training

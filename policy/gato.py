@@ -13,7 +13,7 @@ frozen sentence embedding (``text_mode="sentence"``) or WordPiece ids with learn
 (``text_mode="subword"``, Gato's own choice). ``patch_film`` (off by default; not Gato)
 also conditions the patch encoder on the sentence with FiLM, as RT-1 conditions its convs:
 at this project's scale Gato's attention alone did not ground the instruction
-(docs/RESULTS.md).
+(docs/experiments/2026-11-28-gato.md).
 
 Only local positions exist (a token's place within its step, Gato's "local position
 encodings", plus the patch row/column): nothing depends on a step's absolute index, so the

@@ -3,9 +3,10 @@
 Per frame: the camera image (resized to 64 px by default) goes through an EfficientNet-style
 conv net whose blocks are FiLM-conditioned on the instruction's sentence embedding (by default
 EfficientNetV2's Fused-MBConv blocks, which trained 1.3x faster on a CPU than depthwise
-MBConv; docs/RESULTS.md), TokenLearner pools it to 8 tokens, and one proprioceptive-state
-token is added (docs/experiments/2026-11-28-prototype.md). A history of T frames of those
-tokens is read by a decoder-only transformer whose mask is causal over frames (every token of
+MBConv; docs/experiments/2026-11-28-policies-and-tokenizers.md), TokenLearner pools it to
+8 tokens, and one proprioceptive-state token is added
+(docs/experiments/2026-11-28-prototype.md). A history of T frames of those tokens is read
+by a decoder-only transformer whose mask is causal over frames (every token of
 frame t sees all tokens of frames <= t). The tokens of each frame are mean-pooled and one
 linear head predicts all action dimensions of that step in parallel, as the released RT-1 code
 does; the loss is cross-entropy over 256 bins per dimension on every non-padded frame, against
@@ -13,8 +14,9 @@ a Gaussian over neighbouring bins (HL-Gauss) rather than RT-1's one-hot target, 
 keep their order.
 
 Three departures from the paper came in together when the policy began to learn on a 2-core
-CPU (docs/RESULTS.md, "What made it learn"): a LayerNorm on the sentence embedding before
-FiLM, the left-right mirror augmentation (policy/augment.py), and the Gaussian targets.
+CPU (docs/experiments/2026-11-28-what-made-it-learn.md): a LayerNorm on the sentence
+embedding before FiLM, the left-right mirror augmentation (policy/augment.py), and the
+Gaussian targets.
 
 While acting, each frame's tokens depend only on that frame and the instruction, so they are
 computed once and kept in a deque: one control step costs one image encoding plus a

@@ -1,12 +1,12 @@
 """Benchmark the policies on the CPU: `python scripts/benchmark_policy.py [key=value ...]`.
 
 Batch-1 acting latency (median, p99) and training samples/s of the default RT-1 and Gato,
-beside lucidrains' robotic-transformer-pytorch RT1 in the same run (issue 4); see
+beside lucidrains' robotic-transformer-pytorch RT1 in the same run; see
 conf/benchmark_policy.yaml for the settings and policy/benchmark.py for what is timed.
 With `overfit.store=PATH` it instead memorises a store's first episodes with each model
 (the learning path end to end on recorded data).
 
-Issue 16's speed work:
+The training-speed work (docs/experiments/2026-11-30-speed.md):
 - `preset=demo`: the demo's training settings (conf `demo:` block), one JSON line with each
   model's training samples/s and batch-1 acting median ms;
 - `ab.lever=bf16` (or foreach, fused, compile, channels_last): that lever off and on in one

@@ -252,8 +252,9 @@ class RT1ImageTokenizer(nn.Module):
         # Sentence embeddings are unit-norm (components ~0.05): the zero-initialised FiLM
         # layers then learn ~20x slower than the convs they modulate, and the policy ignores
         # which object the instruction names. LayerNorm rescales them to unit variance
-        # (a probe's held-out localisation error fell 40%: docs/RESULTS.md). False: the
-        # embedding as the encoder gives it (an ablation).
+        # (a probe's held-out localisation error fell 40%:
+        # docs/experiments/2026-11-28-what-made-it-learn.md). False: the embedding as the
+        # encoder gives it (an ablation).
         self.text_norm = nn.LayerNorm(text_dim) if text_norm else nn.Identity()
         self.token_learner = TokenLearner(self.backbone.out_channels, num_tokens)
         self.proj = nn.Linear(self.backbone.out_channels, d_model)

@@ -3,7 +3,7 @@
 `conf/train.yaml` starts its defaults list with the `train_schema` node stored here, so every
 group file (data/, optim/, train/, logger/) is merged onto a typed dataclass: a misspelt
 key or a value of the wrong type fails when hydra composes the config, with hydra's own
-message, not an hour into a run (issue 5). The `policy` and `eval` groups belong to other
+message, not an hour into a run. The `policy` and `eval` groups belong to other
 modules and carry their own `_target_`, so they are typed `Any` here and validated when
 they are instantiated at start-up.
 """

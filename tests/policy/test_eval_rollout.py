@@ -1,4 +1,4 @@
-"""Evaluation in the real PyBullet env (issue 6, "Must show").
+"""Evaluation in the real PyBullet env.
 
 - the report of a tiny (untrained) RT-1 checkpoint on 2 episodes per split has every field;
 - the scripted oracle succeeds on >= 95% of seen episodes;
@@ -28,7 +28,9 @@ from policy.evaluation import EnvSettings, EvalReport, evaluate, log_report
 from policy.evaluation.cli import merge_dirs
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-IMAGE_SIZE = 64  # rendering cost is mostly fixed per frame (FINDINGS.md); 64 px is plenty here
+# Rendering cost is mostly fixed per frame (docs/experiments/2026-11-28-prototype.md): 64 px
+# is plenty here.
+IMAGE_SIZE = 64
 
 
 def tiny_policy() -> Policy:

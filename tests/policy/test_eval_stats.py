@@ -1,4 +1,4 @@
-"""Wilson intervals, the episode plan (seeds, shards) and aggregates (issue 6)."""
+"""Wilson intervals, the episode plan (seeds, shards) and aggregates."""
 
 from __future__ import annotations
 
