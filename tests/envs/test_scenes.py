@@ -174,3 +174,20 @@ def test_bad_scene_sets_are_refused_naming_the_value(tmp_path: Path, text: str,
 def test_missing_scene_set_is_refused_when_the_env_is_built() -> None:
     with pytest.raises(ValueError, match="nowhere.yaml"):
         envs.make_env("pick", "seen", split_overrides={"scene_set": "nowhere.yaml"})
+
+
+def test_backgrounds_episodes_draw_no_seen_table_or_light() -> None:
+    """The converse of the training check: every backgrounds scene has a held-out table
+    and a light the seen split never uses (from behind, dimmer ambient)."""
+    seen = SPLIT_CONFIGS["seen"]
+    env = envs.make_env("pick", "backgrounds", image_size=16, skip_render=True)
+    looks = set()
+    for seed in range(40):
+        env.reset(seed=seed)
+        looks.add(env.table_look)
+        az = abs(float(np.arctan2(env.lighting.direction[1], env.lighting.direction[0])))
+        assert az >= 1.8 - 1e-9 > seen.light_azimuth[1]  # |azimuth| of the seen light <= 1.2
+        assert env.lighting.ambient <= 0.5 < seen.ambient[0]
+    env.close()
+    assert looks <= set(SPLIT_CONFIGS["backgrounds"].tables)
+    assert not looks & set(seen.tables) and len(looks) >= 5
