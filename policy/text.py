@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -58,10 +59,16 @@ class TextEncoder:
     worker) costs nothing until text is actually needed.
     """
 
-    def __init__(self, name_or_path: str | None = None) -> None:
+    def __init__(self, name_or_path: str | None = None, max_cache: int = 4096) -> None:
+        if max_cache < 1:
+            raise ValueError(f"max_cache={max_cache}; expected >= 1")
         self.name_or_path = resolve_model_path(name_or_path)
         self._model = None
-        self._cache: dict[str, torch.Tensor] = {}
+        # Least recently used first. Bounded: a server that meets endless distinct
+        # instructions (the robot bridge) must not grow without limit; an evicted string
+        # is simply embedded again, to the same bits (one string per pass, below).
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.max_cache = max_cache
         self._lock = threading.Lock()
 
     def _load(self):
@@ -112,7 +119,12 @@ class TextEncoder:
                     torch.set_num_threads(threads)
             if not texts:
                 return torch.zeros(0, self.dim)
-            return torch.stack([self._cache[t] for t in texts])
+            out = torch.stack([self._cache[t] for t in texts])
+            for t in texts:
+                self._cache.move_to_end(t)
+            while len(self._cache) > self.max_cache:
+                self._cache.popitem(last=False)
+            return out
 
     def cache_size(self) -> int:
         return len(self._cache)
@@ -139,10 +151,13 @@ class SubwordTokenizer:
     vocabulary are split into known pieces or mapped to ``[UNK]``.
     """
 
-    def __init__(self, name_or_path: str | None = None) -> None:
+    def __init__(self, name_or_path: str | None = None, max_cache: int = 4096) -> None:
+        if max_cache < 1:
+            raise ValueError(f"max_cache={max_cache}; expected >= 1")
         self.name_or_path = resolve_model_path(name_or_path)
         self._tok = None
-        self._cache: dict[str, list[int]] = {}
+        self._cache: OrderedDict[str, list[int]] = OrderedDict()  # bounded, as TextEncoder's
+        self.max_cache = max_cache
         self._lock = threading.Lock()
 
     def _load(self):
@@ -168,6 +183,9 @@ class SubwordTokenizer:
         with self._lock:
             if text not in self._cache:
                 self._cache[text] = list(self._load().encode(text).ids)
+                while len(self._cache) > self.max_cache:
+                    self._cache.popitem(last=False)
+            self._cache.move_to_end(text)
             return self._cache[text]
 
     def encode(self, texts: list[str] | tuple[str, ...], max_len: int) -> tuple[

@@ -137,6 +137,26 @@ def test_text_embedding_depends_on_the_string_alone() -> None:
     assert torch.equal(batched[0], alone[0])
 
 
+def test_text_caches_are_bounded_and_eviction_changes_nothing() -> None:
+    """A server meeting endless distinct instructions keeps at most max_cache of them; an
+    evicted string comes back with the same bits, and recently used ones stay cached."""
+    enc = TextEncoder(max_cache=2)
+    first = enc.encode(["pick up the red block"])
+    enc.encode(["lift the blue cube", "pick up the red block"])  # red block is newest now
+    enc.encode(["push the green slab"])  # evicts the least recently used: the blue cube
+    assert enc.cache_size() == 2 and list(enc._cache) == ["pick up the red block",
+                                                         "push the green slab"]
+    enc.encode(["lift the blue cube", "a fourth instruction"])
+    assert enc.cache_size() == 2
+    assert torch.equal(enc.encode(["pick up the red block"])[0], first[0])  # re-embedded
+    sub = SubwordTokenizer(max_cache=1)
+    ids = sub.ids("pick up the red block")
+    sub.ids("push the green slab")
+    assert len(sub._cache) == 1 and sub.ids("pick up the red block") == ids
+    with pytest.raises(ValueError, match="max_cache=0"):
+        TextEncoder(max_cache=0)
+
+
 def test_subword_tokens_handle_unknown_words_and_padding() -> None:
     tok = get_subword_tokenizer()
     ids, mask = tok.encode(["pick up the qwzxvbnm-9000 thingamajig", "push"], max_len=8)
