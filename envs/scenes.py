@@ -51,6 +51,7 @@ import yaml
 
 from envs.catalog import COLOURS, PYBULLET_DATA, TABLE_COLOURS, TABLE_TEXTURES
 
+REPO = Path(__file__).resolve().parent.parent  # relative scene-set paths fall back to it
 FAMILIES = ("flat", "stripes", "blobs", "wood", "planks", "dots", "gradient", "speckle")
 TEXTURE_PX = 64  # procedural texture side; the table spans about 64 px of a 64 px frame
 _LIGHT_KEYS = ("azimuth", "elevation", "tint", "ambient")
@@ -122,9 +123,6 @@ def _pair(path: Path, key: str, value: object) -> tuple[float, float]:
         raise ValueError(f"scene set {str(path)!r}: light.{key}={value!r}; expected "
                          "[low, high] with low <= high")
     return (float(value[0]), float(value[1]))
-
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def load_scene_set(path: str | os.PathLike) -> SceneSet:
@@ -304,21 +302,19 @@ def procedural_table(rng: np.random.Generator, spec: Procedural,
 
 
 class TextureFiles:
-    """Procedural images as textures PyBullet can load (it loads only files, and
-    `changeTexture` does not reach TinyRenderer): each image is written to a private
-    temporary folder, loaded once per env, and the file removed."""
+    """Generated tables as `TableLook`s: a flat one is its colour; a patterned one is an
+    image file in a private temporary folder (removed with this object), because PyBullet
+    loads textures only from files and `changeTexture` does not reach TinyRenderer."""
 
     def __init__(self) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="robotok-tex-")
-        self._count = 0
 
-    def load(self, image: np.ndarray, client: int) -> int:
+    def look(self, family: str, image: np.ndarray, index: int) -> TableLook:
         import imageio.v3 as iio
-        import pybullet as p
 
-        file = Path(self._dir.name) / f"{self._count}.png"
-        self._count += 1
+        name = f"procedural/{family}/{index}"
+        if family == "flat":
+            return TableLook(name, colour=tuple((image[0, 0] / 255).tolist()))
+        file = Path(self._dir.name) / f"{index}.png"
         iio.imwrite(file, image)
-        tex = p.loadTexture(str(file), physicsClientId=client)
-        file.unlink()
-        return tex
+        return TableLook(name, texture=str(file))

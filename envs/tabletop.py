@@ -253,7 +253,7 @@ class TabletopEnv(gym.Env):
             self.robot = Panda(c, (0.0, 0.0, self.table_z), self.workspace)
             self._textures: dict[str, int] = {}
             self._texture_files = TextureFiles()
-            self._generated: dict[int, tuple[str, np.ndarray]] = {}
+            self._generated: dict[int, TableLook] = {}
             self._empty_state = p.saveState(physicsClientId=c)
             return
         keep = {self.table, self.robot.body} if self.robot is not None else set()
@@ -281,42 +281,29 @@ class TabletopEnv(gym.Env):
             else TableLook(t, colour=tuple(TABLE_COLOURS[t][:3]))  # type: ignore[arg-type]
             for t in self.split.tables)
 
-    def _texture(self, key: str, make) -> int:
-        """Texture id for `key`, loaded on first use: PyBullet never frees a texture, so
-        each file or generated table is loaded once per env."""
-        if key not in self._textures:
-            self._textures[key] = make()
-        return self._textures[key]
-
     def _draw_table(self) -> None:
         """This episode's table look (from self.np_random): a generated table in
         `procedural.share` of episodes when the scene set has them, else a named look."""
-        rng, c = self.np_random, self.client
+        rng = self.np_random
         proc = self.scene_set.procedural if self.scene_set is not None else None
         if proc is not None and (not self.tables or rng.uniform() < proc.share):
             index = int(rng.integers(proc.bank))
-            if index not in self._generated:  # ~10 ms to make; 12 kB to keep
-                self._generated[index] = proc.table(index)
-            family, image = self._generated[index]
-            self.table_look = f"procedural/{family}/{index}"
-            if family == "flat":
-                p.changeVisualShape(self.table, -1, textureUniqueId=-1,
-                                    rgbaColor=[*(image[0, 0] / 255).tolist(), 1.0],
-                                    physicsClientId=c)
-                return
-            tex = self._texture(self.table_look,
-                                lambda: self._texture_files.load(image, c))
+            if index not in self._generated:  # ~10 ms to make, so once per env
+                self._generated[index] = self._texture_files.look(*proc.table(index), index)
+            look = self._generated[index]
         else:
             look = self.tables[int(rng.integers(len(self.tables)))]
-            self.table_look = look.name
-            if look.texture is None:
-                p.changeVisualShape(self.table, -1, textureUniqueId=-1,
-                                    rgbaColor=[*look.colour, 1.0], physicsClientId=c)
-                return
-            tex = self._texture(look.texture,
-                                lambda: p.loadTexture(look.texture, physicsClientId=c))
-        p.changeVisualShape(self.table, -1, textureUniqueId=tex, rgbaColor=[1, 1, 1, 1],
-                            physicsClientId=c)
+        self.table_look = look.name
+        c = self.client
+        if look.texture is None:
+            # Clearing the texture matters: a colour alone would tint the last one.
+            p.changeVisualShape(self.table, -1, textureUniqueId=-1,
+                                rgbaColor=[*look.colour, 1.0], physicsClientId=c)
+            return
+        if look.texture not in self._textures:  # PyBullet never frees one: load each once
+            self._textures[look.texture] = p.loadTexture(look.texture, physicsClientId=c)
+        p.changeVisualShape(self.table, -1, textureUniqueId=self._textures[look.texture],
+                            rgbaColor=[1, 1, 1, 1], physicsClientId=c)
 
     def _draw_appearance(self) -> None:
         """Table look, lighting and camera jitter for this episode (from self.np_random)."""

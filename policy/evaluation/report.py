@@ -95,6 +95,10 @@ def markdown_report(report: EvalReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Columns of the failure-phase table: "none", then every task's milestones in order.
+PHASES = ("none", "reached", "grasped", "carried", "touched")
+
+
 def _failure_phase_lines(report: EvalReport, pols: list[str]) -> list[str]:
     """Where each policy's failures stalled, per task: the share of failed episodes whose
     furthest milestone was each phase (privileged simulator facts, envs/tasks/base.py)."""
@@ -113,13 +117,13 @@ def _failure_phase_lines(report: EvalReport, pols: list[str]) -> list[str]:
                       "but did not finish (lift, carry or place); `carried` = put it at the "
                       "goal but did not release it there; `touched` = pushed without "
                       "getting it past the line.", ""]
-        lines += [f"**{pol}**", "", "| task | failures | " + " | ".join(
-            ["none", "reached", "grasped", "carried", "touched"]) + " |", "|" + "---|" * 7]
+        lines += [f"**{pol}**", "", "| task | failures | " + " | ".join(PHASES) + " |",
+                  "|" + "---|" * (len(PHASES) + 2)]
         for task, counts in phases.items():
             n = sum(counts.values())
             known = ("none", *getattr(TASK_CLASSES.get(task), "milestones", ()))
             cells = [f"{100 * counts.get(k, 0) / n:.0f}%" if k in known else "-"
-                     for k in ("none", "reached", "grasped", "carried", "touched")]
+                     for k in PHASES]
             lines.append(f"| {task} | {n} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines

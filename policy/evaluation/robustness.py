@@ -16,7 +16,7 @@ oracle, on the very same seeds) at each value:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,7 @@ class RobustnessConfig:
                         points.append(SweepPoint(axis, value, agg.policy, agg.success_rate,
                                                  agg.ci_low, agg.ci_high, agg.episodes))
         (out / "robustness.json").write_text(
-            json.dumps([p.__dict__ for p in points], indent=2) + "\n")
+            json.dumps([asdict(p) for p in points], indent=2) + "\n")
         plot_sweeps(points, out / "robustness.png")
         return points
 
