@@ -1,6 +1,6 @@
 """Demonstration collection: oracle rollouts with DART noise, written by parallel workers.
 
-Each worker process owns one shard of the episode store (envs/store.py), so workers share
+Each worker process owns one shard of the episode store (envs/store/), so workers share
 nothing and a crash loses at most the episode in flight. Seeds are a pure function of the
 run's settings, which makes a second run with the same output resume without duplicates:
 

@@ -3,7 +3,7 @@
     python scripts/inspect_dataset.py output=data/demos [inspect.verify=true]
 
 Uses conf/collect.yaml (its `inspect` section) so that inspecting what was just collected
-needs no arguments; the logic is envs.store.summarize / contact_sheet.
+needs no arguments; the logic is envs.inspection.summarize / contact_sheet.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from envs.store import EpisodeStore, contact_sheet, summarize  # noqa: E402
+from envs.inspection import contact_sheet, summarize  # noqa: E402
+from envs.store import EpisodeStore  # noqa: E402
 
 
 @hydra.main(config_path="../conf", config_name="collect", version_base="1.3")

@@ -24,7 +24,7 @@ OPTIMIZER_IMPLS = ("for", "foreach", "fused")
 class DataConfig:
     """Where the episodes are and how a training sample is cut from them."""
 
-    path: str = MISSING  # an episode store directory (envs/store.py), relative to the cwd
+    path: str = MISSING  # an episode store directory (envs/store/), relative to the cwd
     history: int = 1  # frames per sample; must match what the policy reads
     in_memory: bool = True  # the prototype: loading from RAM was 2% of a step
     tasks: Optional[list[str]] = None  # noqa: UP045 (OmegaConf 2.3 needs typing.Optional)

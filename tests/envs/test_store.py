@@ -222,7 +222,7 @@ def test_one_writer_per_shard(tmp_path: Path) -> None:
 def test_summary_and_contact_sheet(tmp_path: Path) -> None:
     import matplotlib.image
 
-    from envs.store import contact_sheet, summarize
+    from envs.inspection import contact_sheet, summarize
 
     write_shard(tmp_path, 0, [make_episode(s, steps=4) for s in range(4)]).reject(50)
     write_shard(tmp_path, 1, [make_episode(10, steps=6, task="push")])

@@ -1,0 +1,157 @@
+"""The episode store's on-disk format: layout, keys, chunking, and the episode record.
+
+Layout (docs/CONTRACTS.md, "Episode store"), in the style of diffusion_policy's replay buffer:
+
+    <store>/shard-00000/           a zarr v3 group, written by exactly one process
+        zarr.json                  group attributes: format, info, commit, tables, stats
+        data/image                 uint8   (N, H, W, 3), chunked by a few frames
+        data/wrist_image           uint8   (N, H, W, 3), only when a wrist camera was used
+        data/state                 float32 (N, 8)
+        data/action                float32 (N, 8)   the oracle's clean label
+        data/executed_action       float32 (N, 8)   what was sent to the env (label + noise)
+        data/instruction_id        int32   (N,)     index into attrs["instructions"]
+        data/task_id               int16   (N,)     index into attrs["tasks"]
+        data/split_id              int16   (N,)     index into attrs["splits"]
+        meta/episode_ends          int64   (E,)     exclusive end step of every episode
+        meta/seed                  int64   (E,)     the env seed that reproduces the episode
+        meta/success               bool    (E,)
+        meta/rejected_seed         int64   (R,)     seeds tried and not kept (failures)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from envs.spec import COLLECT_SEED_START, EVAL_SEED_START, IMAGE, WRIST_IMAGE
+
+FORMAT_NAME = "robotok-episodes"
+FORMAT_VERSION = 1
+SHARD_PREFIX = "shard-"
+
+IMAGE_KEYS: tuple[str, ...] = (IMAGE, WRIST_IMAGE)
+# Per-step float32 arrays besides images, each (N, D).
+VECTOR_KEYS: tuple[str, ...] = ("state", "action", "executed_action")
+ID_KEYS: dict[str, str] = {"instruction_id": "int32", "task_id": "int16", "split_id": "int16"}
+META_KEYS: dict[str, str] = {"episode_ends": "int64", "seed": "int64", "success": "bool"}
+REJECTED_KEY = "rejected_seed"
+
+# Images: 16 frames per chunk is about one pick episode, so a commit rewrites one or two
+# chunks and a random window touches one; zstd level 3 compressed rendered 96 px frames
+# 22.6x, close to level 5 and cheaper to write; bitshuffle halved the ratio
+# (docs/experiments/2026-11-28-collection-and-store.md, "Image compression").
+DEFAULT_CHUNK_FRAMES = 16
+DEFAULT_IMAGE_CODEC = {"cname": "zstd", "clevel": 3, "shuffle": "shuffle"}
+# Small arrays: a commit rewrites their last chunk, so chunks stay modest (1024-8192 rows
+# cost 27-31 ms of CPU per episode in all; the smaller, the cheaper) without making a
+# large store thousands of files.
+VECTOR_CHUNK_ROWS = 2048
+META_CHUNK_ROWS = 1024
+
+STATS_KEYS: tuple[str, ...] = ("action", "state")
+
+# Info keys that must agree between shards of one store (and between a writer and the shard
+# it reopens): a policy trained on the store is checked against these.
+COMPAT_KEYS: tuple[str, ...] = (
+    "image_keys", "image_shape", "action_spec", "state_names", "renderer", "camera",
+    "control_hz", "physics_hz",
+)
+
+
+def compat_mismatch(a: dict, b: dict) -> str | None:
+    """What differs between two shards' info in COMPAT_KEYS, or None when they agree."""
+    for key in COMPAT_KEYS:
+        if key in a and key in b and a[key] != b[key]:
+            return f"info[{key!r}] differs: {a[key]!r} != {b[key]!r}"
+    return None
+
+
+class StoreError(RuntimeError):
+    """A shard cannot be read or written; names the offending file and the problem."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass
+class Episode:
+    """One recorded episode: T steps of observation, clean label and executed action."""
+
+    image: np.ndarray  # uint8 (T, H, W, 3)
+    state: np.ndarray  # float32 (T, S)
+    action: np.ndarray  # float32 (T, A), the oracle's clean label
+    executed_action: np.ndarray  # float32 (T, A), label + DART noise, what the env received
+    instruction: str
+    task: str
+    split: str
+    seed: int
+    success: bool
+    wrist_image: np.ndarray | None = None  # uint8 (T, H, W, 3) when a wrist camera is used
+
+    def __post_init__(self) -> None:
+        self.image = np.asarray(self.image)
+        if self.image.ndim != 4 or self.image.shape[-1] != 3 or self.image.dtype != np.uint8:
+            raise ValueError(
+                f"episode image has shape {self.image.shape} dtype {self.image.dtype}; "
+                "expected uint8 (T, H, W, 3)"
+            )
+        steps = self.image.shape[0]
+        if steps == 0:
+            raise ValueError(f"episode with seed {self.seed} has no steps")
+        for name in VECTOR_KEYS:
+            arr = np.asarray(getattr(self, name), dtype=np.float32)
+            if arr.ndim != 2 or arr.shape[0] != steps:
+                raise ValueError(
+                    f"episode {name} has shape {arr.shape}; expected ({steps}, D) to match "
+                    f"{steps} image frames"
+                )
+            setattr(self, name, arr)
+        if self.wrist_image is not None:
+            self.wrist_image = np.asarray(self.wrist_image)
+            if self.wrist_image.shape[0] != steps or self.wrist_image.dtype != np.uint8:
+                raise ValueError(
+                    f"episode wrist_image has shape {self.wrist_image.shape} dtype "
+                    f"{self.wrist_image.dtype}; expected uint8 ({steps}, H, W, 3)"
+                )
+
+    def __len__(self) -> int:
+        return int(self.image.shape[0])
+
+    def images(self) -> dict[str, np.ndarray]:
+        out = {IMAGE: self.image}
+        if self.wrist_image is not None:
+            out[WRIST_IMAGE] = self.wrist_image
+        return out
+
+
+@dataclass
+class ShardTables:
+    """A shard's string tables: ids in the per-step arrays index into these lists."""
+
+    instructions: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    splits: list[str] = field(default_factory=list)
+
+
+def shard_name(index: int) -> str:
+    if index < 0:
+        raise ValueError(f"shard index must be >= 0; got {index}")
+    return f"{SHARD_PREFIX}{index:05d}"
+
+
+def list_shards(path: Path | str) -> list[Path]:
+    """The shard directories of a store (`shard-` and digits only), sorted by name."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"episode store {root} does not exist or is not a directory")
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(SHARD_PREFIX)
+                  and p.name[len(SHARD_PREFIX):].isdigit())
+
+
+def default_seed_ranges() -> dict[str, list[int | None]]:
+    """Collection and evaluation seed ranges from envs.spec: [start, end), end None = open."""
+    return {"collect": [COLLECT_SEED_START, EVAL_SEED_START], "eval": [EVAL_SEED_START, None]}

@@ -1,0 +1,55 @@
+"""Merging episode stores into one single-shard store (`scripts/collect.py merge_from=...`)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from envs.store.format import DEFAULT_CHUNK_FRAMES, StoreError, compat_mismatch, shard_name
+from envs.store.reader import EpisodeStore
+from envs.store.writer import ShardWriter
+
+
+def merge(sources: Sequence[Path | str], dest: Path | str, skip_bad_shards: bool = False,
+          chunk_frames: int = DEFAULT_CHUNK_FRAMES) -> EpisodeStore:
+    """Copy every committed episode of `sources` (stores) into one new store with one shard.
+
+    Seeds must be unique across the sources (collection guarantees this within one store);
+    a duplicate raises ValueError naming the seed. Episodes are copied one at a time, so
+    memory stays at one episode.
+    """
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise FileExistsError(f"merge destination {dest} exists and is not empty")
+    stores = [EpisodeStore(s, skip_bad_shards=skip_bad_shards) for s in sources]
+    if not stores:
+        raise ValueError("merge needs at least one source store")
+    first = stores[0]
+    for st in stores[1:]:
+        problem = compat_mismatch(first.info, st.info)
+        if problem:
+            raise StoreError(st.path, f"cannot merge with {first.path}: {problem}")
+    info = {k: v for k, v in first.shards[0].info.items() if k not in ("counts",)}
+    info["merged_from"] = [str(Path(s).resolve()) for s in sources]
+    seen: set[int] = set()
+    rejected: set[int] = set()
+    dest.mkdir(parents=True, exist_ok=True)
+    writer = ShardWriter(dest / shard_name(0), info=info, image_shape=first.image_shape,
+                         image_keys=first.image_keys, chunk_frames=chunk_frames)
+    for st in stores:
+        for sh in st.shards:
+            for i in range(sh.num_episodes):
+                ep = sh.episode(i)
+                if ep.seed in seen:
+                    shutil.rmtree(dest)
+                    raise ValueError(f"seed {ep.seed} appears twice (again in {sh.path}); "
+                                     "merge expects disjoint seeds")
+                seen.add(ep.seed)
+                writer.append(ep)
+            for s in sh.rejected_seeds.tolist():
+                if s not in rejected:
+                    rejected.add(s)
+                    writer.reject(s)
+    writer.close()
+    return EpisodeStore(dest)
