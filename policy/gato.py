@@ -15,6 +15,21 @@ also conditions the patch encoder on the sentence with FiLM, as RT-1 conditions 
 at this project's scale Gato's attention alone did not ground the instruction
 (docs/experiments/2026-11-28-gato.md).
 
+Two options (off by default; docs/experiments/2026-11-30-gato-grounding.md) separate what
+Gato's grounding failure is made of, keeping the one flat sequence, the autoregressive action
+tokens and Gato's mu-law bins:
+
+- ``image_tokenizer="rt1_tokens"``: each frame becomes RT-1's image tokens instead of patches
+  (:class:`~policy.tokenizers.images.RT1ImageTokenizer`: a FiLM-conditioned conv net over
+  the whole frame, Fourier positions, TokenLearner to ``image_tokens`` tokens), so the image
+  stem and the decoding can be judged apart.
+- ``text_position="per_step"``: the text token is repeated in every step, after its image and
+  state tokens and just before the separator, instead of once before the first step; the
+  text token can then attend to the patches of its own frame, and every action token has the
+  instruction a few positions away:
+
+    [patches][state][text][separator][a_0 ... a_7] | [patches][state][text][sep][a_0 ...]
+
 Only local positions exist (a token's place within its step, Gato's "local position
 encodings", plus the patch row/column): nothing depends on a step's absolute index, so the
 attention window can slide. Every token sees the text and the tokens of the last ``history``
@@ -32,18 +47,26 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import nn
 
 from envs.spec import INSTRUCTION, STATE_NAMES, ActionSpec
 from policy.base import Policy, binned_action_loss, check_training_targets, token_metrics
 from policy.text import get_subword_tokenizer, get_text_encoder
 from policy.tokenizers.actions import MuLawActionTokenizer
-from policy.tokenizers.images import PatchTokenizer, load_backbone, preprocess_images, random_shift
+from policy.tokenizers.images import (
+    PatchTokenizer,
+    RT1ImageTokenizer,
+    load_backbone,
+    preprocess_images,
+    random_shift,
+)
 from policy.tokenizers.state import StateTokenizer
 from policy.transformer import KVCache, Transformer, TransformerConfig
 
-TEXT_STEP = -1  # step id of text tokens: always visible, never evicted
+TEXT_STEP = -1  # step id of prefix text tokens: always visible, never evicted
+IMAGE_TOKENIZERS = ("patches", "rt1_tokens")
+TEXT_POSITIONS = ("prefix", "per_step")
 
 
 @dataclass
@@ -71,10 +94,32 @@ class GatoConfig:
     text_encoder: str | None = None  # None: the offline all-MiniLM-L6-v2 package
     text_dim: int = 384  # sentence-mode embedding width
     pretrained_backbone: str | None = None  # local file with patch-encoder weights
+    # "patches": Gato's; "rt1_tokens" (not Gato): RT-1's FiLM conv stem + TokenLearner tokens
+    image_tokenizer: str = "patches"
+    image_tokens: int = 8  # rt1_tokens: TokenLearner tokens per frame (RT-1: 8)
+    conv_channels: tuple[int, ...] = (16, 32, 64, 128)  # rt1_tokens: RT-1's stem, then stages
+    conv_strides: tuple[int, ...] = (2, 2, 1)  # rt1_tokens: stride of each stage after the stem
+    conv_blocks: int = 1  # rt1_tokens: blocks per stage
+    conv_expand: int = 2  # rt1_tokens: MBConv expansion ratio
+    conv_fused_stages: int = 3  # rt1_tokens: leading Fused-MBConv stages
+    text_position: str = "prefix"  # "prefix": once before step 1 | "per_step": in every step
 
     def __post_init__(self) -> None:
+        self.conv_channels = tuple(int(c) for c in self.conv_channels)
+        self.conv_strides = tuple(int(s) for s in self.conv_strides)
         if self.history < 1:
             raise ValueError(f"history={self.history}; expected >= 1 step")
+        if self.image_tokenizer not in IMAGE_TOKENIZERS:
+            raise ValueError(f"image_tokenizer={self.image_tokenizer!r}; expected one of "
+                             f"{IMAGE_TOKENIZERS}")
+        if self.text_position not in TEXT_POSITIONS:
+            raise ValueError(f"text_position={self.text_position!r}; expected one of "
+                             f"{TEXT_POSITIONS}")
+        if self.image_tokenizer == "rt1_tokens":
+            self._check_rt1_tokens()
+        if self.text_position == "per_step" and self.text_mode != "sentence":
+            raise ValueError(f"text_position='per_step' needs text_mode='sentence' (got "
+                             f"{self.text_mode!r}): the repeated text is one token")
         if self.resize_to is not None and self.resize_to % self.patch_size:
             raise ValueError(f"resize_to={self.resize_to} must be a multiple of patch_size="
                              f"{self.patch_size}")
@@ -97,6 +142,24 @@ class GatoConfig:
         if self.text_dim < 1:
             raise ValueError(f"text_dim={self.text_dim}; expected >= 1")
         self.transformer  # noqa: B018 - validates d_model / n_head / dropout
+
+    def _check_rt1_tokens(self) -> None:
+        if self.text_mode != "sentence" or self.patch_film:
+            raise ValueError(f"image_tokenizer='rt1_tokens' needs text_mode='sentence' and "
+                             f"patch_film=False (got {self.text_mode!r}, {self.patch_film}): its "
+                             "convs are FiLM-conditioned on the sentence embedding")
+        if self.image_tokens < 1 or self.conv_blocks < 1 or self.conv_expand < 1:
+            raise ValueError(f"image_tokens={self.image_tokens}, conv_blocks={self.conv_blocks},"
+                             f" conv_expand={self.conv_expand}; expected each >= 1")
+        if len(self.conv_channels) < 2 or min(self.conv_channels) < 1:
+            raise ValueError(f"conv_channels={self.conv_channels}; expected >= 2 positive widths")
+        if len(self.conv_strides) != len(self.conv_channels) - 1 or not set(
+                self.conv_strides) <= {1, 2}:
+            raise ValueError(f"conv_strides={self.conv_strides}; expected "
+                             f"{len(self.conv_channels) - 1} entries of 1 or 2")
+        if not 0 <= self.conv_fused_stages <= len(self.conv_strides):
+            raise ValueError(f"conv_fused_stages={self.conv_fused_stages}; expected 0.."
+                             f"{len(self.conv_strides)} (the number of stages)")
 
     @property
     def transformer(self) -> TransformerConfig:
@@ -130,13 +193,20 @@ class GatoPolicy(Policy):
         c = config
         h, w, _ = self.image_shape
         size = c.resize_to or h
-        if c.resize_to is None and (h != w or h % c.patch_size):
+        if c.image_tokenizer == "patches" and c.resize_to is None and (h != w or h % c.patch_size):
             raise ValueError(f"image shape {self.image_shape} does not cut into {c.patch_size} px "
                              "patches; set resize_to to a multiple of patch_size")
         self.action_tokenizer = MuLawActionTokenizer.from_spec(action_spec, c.action_bins, c.mu,
                                                                c.mu_m)
-        self.image_tokenizer = PatchTokenizer(c.d_model, size, c.patch_size, c.patch_channels,
-                                              c.text_dim if c.patch_film else None)
+        if c.image_tokenizer == "patches":
+            self.image_tokenizer = PatchTokenizer(c.d_model, size, c.patch_size, c.patch_channels,
+                                                  c.text_dim if c.patch_film else None)
+            n_image = self.image_tokenizer.num_patches
+        else:  # rt1_tokens: RT-1's stem, as RT1Policy builds it
+            self.image_tokenizer = RT1ImageTokenizer(
+                c.d_model, c.text_dim, c.conv_channels, c.conv_strides, c.conv_blocks,
+                c.conv_expand, c.image_tokens, c.conv_fused_stages)
+            n_image = c.image_tokens
         self.state_tokenizer = (StateTokenizer(len(STATE_NAMES), c.d_model, self.stats)
                                 if c.use_state else None)
         if c.text_mode == "sentence":
@@ -151,13 +221,16 @@ class GatoPolicy(Policy):
         self.separator = nn.Parameter(torch.randn(c.d_model) * 0.02)
         self.action_embed = nn.Embedding(c.action_bins, c.d_model)
         self.n_actions = len(action_spec)
-        self.obs_len = self.image_tokenizer.num_patches + int(c.use_state)  # before the sep
+        self.per_step_text = c.text_position == "per_step"
+        # tokens of a step before its separator: image, state, and (per_step) the text token
+        self.obs_len = n_image + int(c.use_state) + int(self.per_step_text)
         self.step_len = self.obs_len + 1 + self.n_actions
         self.local_pos = nn.Parameter(torch.randn(self.step_len, c.d_model) * 0.02)
         self.transformer = Transformer(c.transformer)
         self.head = nn.Linear(c.d_model, c.action_bins)
         if c.pretrained_backbone:
-            load_backbone(self.image_tokenizer, c.pretrained_backbone)
+            load_backbone(self.image_tokenizer if c.image_tokenizer == "patches"
+                          else self.image_tokenizer.backbone, c.pretrained_backbone)
         # acting state (see _reset / _act)
         self.use_kv_cache = True  # False: recompute the whole episode per token (reference)
         self.last_logits: torch.Tensor | None = None  # (A, bins) of the last select_action
@@ -168,8 +241,9 @@ class GatoPolicy(Policy):
         self._next_pos = 0
         self._step = 0
         self._pending: torch.Tensor | None = None  # last action token of the previous step
-        self._text: torch.Tensor | None = None  # (1, L, d)
-        self._cond: torch.Tensor | None = None  # (1, text_dim) patch FiLM input, or None
+        self._text: torch.Tensor | None = None  # (1, L, d) the prefix (L = 0 for per_step)
+        self._step_text: torch.Tensor | None = None  # (1, 1, d) per_step's text token
+        self._cond: torch.Tensor | None = None  # (1, text_dim) image-stem FiLM input, or None
         self._history: list[torch.Tensor] = []  # uncached reference: every step's tokens
 
     # -- tokens ---------------------------------------------------------------------------
@@ -177,7 +251,8 @@ class GatoPolicy(Policy):
     def text_tokens(self, instructions: Sequence[str]
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Instruction strings -> tokens (B, L, d), a mask (B, L) True on real tokens, and the
-        patch encoder's FiLM input (B, text_dim: the normalised sentence) or None."""
+        image stem's FiLM input (B, text_dim) or None: the normalised sentence for
+        ``patch_film``, the raw one for ``rt1_tokens`` (RT-1's stem has its own LayerNorm)."""
         c = self.config
         if c.text_mode == "sentence":
             emb = get_text_encoder(c.text_encoder).encode(list(instructions)).to(self.device)
@@ -187,17 +262,24 @@ class GatoPolicy(Policy):
             norm = self.text_proj[0](emb)
             tokens = rearrange(self.text_proj[1](norm), "b d -> b 1 d")
             mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=self.device)
-            return tokens, mask, norm if c.patch_film else None
+            cond = norm if c.patch_film else emb if c.image_tokenizer == "rt1_tokens" else None
+            return tokens, mask, cond
         ids, mask = get_subword_tokenizer(c.text_encoder).encode(list(instructions),
                                                                  c.max_text_tokens)
         ids, mask = ids.to(self.device), mask.to(self.device)
         return self.text_embed(ids) + self.text_pos[: ids.shape[1]], mask, None
 
     def observation_tokens(self, image: torch.Tensor, state: torch.Tensor, augment: bool,
-                           cond: torch.Tensor | None = None) -> torch.Tensor:
-        """uint8 (B, T, H, W, 3), state (B, T, S) -> [patches, state, separator] (B, T, n, d).
+                           cond: torch.Tensor | None = None, text: torch.Tensor | None = None
+                           ) -> torch.Tensor:
+        """uint8 (B, T, H, W, 3), state (B, T, S) -> [image, state, (text), separator]
+        (B, T, n, d).
 
-        ``cond`` (B, text_dim): the patch encoder's FiLM input when ``patch_film``."""
+        ``cond`` (B, text_dim): the image stem's FiLM input (``patch_film``, ``rt1_tokens``);
+        ``text`` (B, 1, d): the text token, required exactly when ``text_position`` is
+        "per_step"."""
+        if (text is None) == self.per_step_text:
+            raise ValueError("text tokens are required exactly when text_position='per_step'")
         b, t = image.shape[:2]
         x = preprocess_images(rearrange(image, "b t h w c -> (b t) h w c"), self.config.resize_to)
         if augment and self.config.augment_shift > 0:
@@ -209,6 +291,8 @@ class GatoPolicy(Policy):
         parts = [rearrange(self.image_tokenizer(x, cond), "(b t) p d -> b t p d", b=b)]
         if self.state_tokenizer is not None:
             parts.append(rearrange(self.state_tokenizer(state), "b t d -> b t 1 d"))
+        if text is not None:
+            parts.append(repeat(text, "b l d -> b t l d", t=t))
         parts.append(self.separator.expand(b, t, 1, -1))
         return torch.cat(parts, dim=2) + self.local_pos[: self.obs_len + 1]
 
@@ -233,7 +317,10 @@ class GatoPolicy(Policy):
         """Teacher-forced logits (B, T, A, K) for action tokens ``targets`` (B, T, A)."""
         b, t = image.shape[:2]
         text, text_mask, cond = self.text_tokens(instructions)  # (B, L, d), (B, L)
-        steps = torch.cat([self.observation_tokens(image, state, self.training, cond),
+        step_text = text if self.per_step_text else None
+        if self.per_step_text:  # the text lives in the steps: no prefix
+            text, text_mask = text[:, :0], text_mask[:, :0]
+        steps = torch.cat([self.observation_tokens(image, state, self.training, cond, step_text),
                            self.action_tokens(targets)], dim=2)  # (B, T, step_len, d)
         x = torch.cat([text, rearrange(steps, "b t n d -> b (t n) d")], dim=1)
         length = text.shape[1]
@@ -257,6 +344,10 @@ class GatoPolicy(Policy):
     def _reset(self, instruction: str) -> None:
         text, mask, self._cond = self.text_tokens([instruction])
         self._text = text[:, mask[0]]  # acting needs no padding: (1, L, d)
+        # per_step: the text token goes into every step's observation tokens, not the prefix
+        self._step_text = self._text if self.per_step_text else None
+        if self.per_step_text:
+            self._text = self._text[:, :0]
         self._cache = self.transformer.new_cache()
         self._k_step = torch.zeros(0, dtype=torch.long, device=self.device)
         self._k_pos = torch.zeros(0, dtype=torch.long, device=self.device)
@@ -264,7 +355,7 @@ class GatoPolicy(Policy):
         self._step = 0
         self._pending = None
         self._history = []
-        if self.use_kv_cache:
+        if self.use_kv_cache and self._text.shape[1]:
             self._feed(self._text, TEXT_STEP)
 
     def _feed(self, x: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
@@ -282,7 +373,8 @@ class GatoPolicy(Policy):
         return self.transformer(x, mask, self._cache)
 
     def _act(self, image: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        obs = self.observation_tokens(image[None, None], state[None, None], False, self._cond)[0]
+        obs = self.observation_tokens(image[None, None], state[None, None], False, self._cond,
+                                      self._step_text)[0]
         if not self.use_kv_cache:
             return self._act_uncached(obs)
         s = self._step

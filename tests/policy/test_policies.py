@@ -13,6 +13,7 @@ from envs.spec import DEFAULT_ACTION_SPEC, make_action_spec
 from policy import GatoConfig, Policy, RT1Config, make_policy
 from policy.gato import GatoPolicy
 from policy.rt1 import RT1Policy
+from policy.tokenizers.images import FiLM
 
 STATS = {
     "action": {"min": [-1.0] * 8, "max": [1.0] * 8, "mean": [0.0] * 8, "std": [0.5] * 8,
@@ -22,10 +23,13 @@ STATS = {
               "std": [0.1, 0.1, 0.05, 0.0, 0.0, 0.0, 0.0, 0.02], "p01": [-1.0] * 8,
               "p99": [1.0] * 8},
 }
+GATO_LEVERS = [("gato_tiny", ("image_tokenizer=rt1_tokens",)),
+               ("gato_tiny", ("text_position=per_step",)),
+               ("gato_tiny", ("image_tokenizer=rt1_tokens", "text_position=per_step"))]
 VARIANTS = [("rt1_tiny", ()), ("gato_tiny", ()), ("gato_tiny", ("text_mode=subword",)),
-            ("gato_tiny", ("patch_film=true",)), ("rt1", ()), ("gato", ())]
+            ("gato_tiny", ("patch_film=true",)), *GATO_LEVERS, ("rt1", ()), ("gato", ())]
 TINY = [("rt1_tiny", ()), ("gato_tiny", ()), ("gato_tiny", ("text_mode=subword",)),
-        ("gato_tiny", ("patch_film=true",))]
+        ("gato_tiny", ("patch_film=true",)), *GATO_LEVERS]
 
 
 def _ids(variants):
@@ -89,6 +93,11 @@ def test_presets_instantiate_their_dataclasses_and_sizes(compose_policy, env_inf
     (lambda: GatoConfig(resize_to=40), "resize_to=40"),
     (lambda: GatoConfig(action_bins=1), "action_bins=1"),
     (lambda: GatoConfig(patch_film=True, text_mode="subword"), "patch_film=True"),
+    (lambda: GatoConfig(image_tokenizer="vit"), "image_tokenizer='vit'"),
+    (lambda: GatoConfig(image_tokenizer="rt1_tokens", text_mode="subword"), "rt1_tokens"),
+    (lambda: GatoConfig(image_tokenizer="rt1_tokens", conv_strides=(2, 2)), "conv_strides"),
+    (lambda: GatoConfig(text_position="suffix"), "text_position='suffix'"),
+    (lambda: GatoConfig(text_position="per_step", text_mode="subword"), "per_step"),
 ])
 def test_configs_name_the_bad_value(config, message) -> None:
     with pytest.raises(ValueError, match=message):
@@ -149,11 +158,12 @@ def test_padded_frames_do_not_affect_the_loss(build, make_batch, name, overrides
 
 
 @pytest.mark.parametrize("override", ["text_mode=sentence", "text_mode=subword",
-                                      "patch_film=true"])
+                                      "patch_film=true", "image_tokenizer=rt1_tokens",
+                                      "text_position=per_step"])
 def test_gato_cached_decoding_equals_uncached(build, make_obs, override) -> None:
     policy = build("gato_tiny", (override,))
-    if policy.image_tokenizer.films is not None:  # FiLM starts as identity: make it matter
-        for film in policy.image_tokenizer.films:
+    for film in policy.image_tokenizer.modules():  # FiLM starts as identity: make it matter
+        if isinstance(film, FiLM):
             torch.nn.init.normal_(film.proj.weight, std=0.1)
     assert isinstance(policy, GatoPolicy)
     steps = policy.config.history + 3  # well past the window: the cache slides

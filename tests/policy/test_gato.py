@@ -1,0 +1,108 @@
+"""Gato's grounding options: RT-1's image tokens in Gato's sequence, the text in every step.
+
+Building, saving, reloading, causality and cached decoding of these variants are covered with
+every other variant in test_policies.py; these tests check what each option changes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from envs.spec import DEFAULT_ACTION_SPEC
+from policy import Policy, make_policy
+from policy.gato import GatoPolicy
+from policy.tokenizers.images import FiLM, RT1ImageTokenizer
+
+NEW_FIELDS = ("image_tokenizer", "image_tokens", "conv_channels", "conv_strides", "conv_blocks",
+              "conv_expand", "conv_fused_stages", "text_position")
+
+
+def _build(compose_policy, env_info, *overrides: str) -> GatoPolicy:
+    torch.manual_seed(0)
+    # no dataset statistics: the state tokens are unnormalised, which these tests do not mind
+    policy = make_policy(compose_policy("gato_tiny", overrides), DEFAULT_ACTION_SPEC, env_info)
+    assert isinstance(policy, GatoPolicy)
+    return policy
+
+
+def test_rt1_tokens_are_film_conditioned_on_the_instruction(compose_policy, env_info,
+                                                            text_encoder, make_batch) -> None:
+    policy = _build(compose_policy, env_info, "image_tokenizer=rt1_tokens")
+    assert isinstance(policy.image_tokenizer, RT1ImageTokenizer)
+    films = [m for m in policy.image_tokenizer.modules() if isinstance(m, FiLM)]
+    batch = make_batch(b=3, t=policy.config.history)
+    loss, _ = policy(batch)
+    loss.backward()
+    # identity at start, but the gradient reaches every FiLM layer of the stem
+    assert films and all(f.proj.weight.grad.abs().sum() > 0 for f in films)
+    for film in films:
+        torch.nn.init.normal_(film.proj.weight, std=0.1)
+    policy.eval()
+    image, state = batch["image"][:1], batch["state"][:1]
+    tokens = []
+    for instruction in ("pick up the red block", "pick up the blue cylinder"):
+        cond = policy.text_tokens([instruction])[2]
+        tokens.append(policy.observation_tokens(image, state, False, cond))
+    n = policy.config.image_tokens
+    assert tokens[0].shape[2] == n + 2  # image tokens, state, separator
+    assert not torch.allclose(tokens[0][..., :n, :], tokens[1][..., :n, :])
+    assert torch.equal(tokens[0][..., n:, :], tokens[1][..., n:, :])
+
+
+def test_per_step_text_sits_after_the_image_in_every_step(compose_policy, env_info,
+                                                          text_encoder, make_batch) -> None:
+    policy = _build(compose_policy, env_info, "text_position=per_step").eval()
+    prefix = _build(compose_policy, env_info)
+    assert policy.step_len == prefix.step_len + 1
+    batch = make_batch(b=2, t=policy.config.history)
+    text, _, cond = policy.text_tokens(batch["instruction"])
+    obs = policy.observation_tokens(batch["image"], batch["state"], False, cond, text)
+    slot = policy.obs_len - 1  # just before the separator, after the image and state tokens
+    for t in range(policy.config.history):
+        assert torch.allclose(obs[:, t, slot], text[:, 0] + policy.local_pos[slot])
+    # the instruction reaches the actions through the repeated token alone (no prefix)
+    other = {**batch, "instruction": list(reversed(batch["instruction"]))}
+    with torch.no_grad():
+        a, b = policy.logits_and_targets(batch)[0], policy.logits_and_targets(other)[0]
+    assert not torch.allclose(a, b)
+
+
+def test_per_step_text_reads_the_frame_before_the_separator(compose_policy, env_info,
+                                                            text_encoder, make_batch) -> None:
+    """Where the text sits decides whether its output can depend on the current frame."""
+    outputs = {}
+    for position in ("prefix", "per_step"):
+        policy = _build(compose_policy, env_info, f"text_position={position}").eval()
+        seen = []
+        policy.transformer.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o))
+        batch = make_batch(b=2, t=1)
+        changed = {**batch, "image": 255 - batch["image"]}
+        hidden = []
+        for b in (batch, changed):
+            with torch.no_grad():
+                policy.logits_and_targets(b)
+            hidden.append(seen[-1])
+        # the text token: position 0 of the prefix, or its slot inside the (only) step
+        slot = 0 if position == "prefix" else policy.obs_len - 1
+        outputs[position] = torch.allclose(hidden[0][:, slot], hidden[1][:, slot], atol=1e-6)
+    assert outputs == {"prefix": True, "per_step": False}
+
+
+def test_checkpoints_saved_before_the_options_load_as_gato(compose_policy, env_info,
+                                                           text_encoder, make_batch,
+                                                           tmp_path) -> None:
+    policy = _build(compose_policy, env_info).eval()
+    policy.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for name in NEW_FIELDS:  # a config.json written before these fields existed
+        del saved["config"][name]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = Policy.from_pretrained(tmp_path)
+    assert loaded.config.image_tokenizer == "patches"
+    assert loaded.config.text_position == "prefix"
+    batch = make_batch(b=2, t=policy.config.history)
+    with torch.no_grad():
+        assert torch.equal(loaded.logits_and_targets(batch)[0],
+                           policy.logits_and_targets(batch)[0])
