@@ -8,24 +8,44 @@
 
 See docs/CONTRACTS.md ("Env: envs") for the full contract and envs/spec.py for the action
 and state layout. envs/ never imports policy/.
+
+The simulator is imported lazily (PEP 562), as in `policy/__init__.py`: a policy config
+imports envs.spec for the action layout, and Python runs this file first, so loading
+PyBullet here would make every policy import pay for a simulator it does not use. Importing
+`envs` registers the gymnasium ids (their entry points are strings, resolved on `make`);
+TabletopEnv, TASK_CLASSES and SPLITS load the simulator modules on first access.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 
-from envs.splits import SPLITS
-from envs.tabletop import TabletopEnv
-from envs.tasks import TASK_CLASSES
+if TYPE_CHECKING:
+    from envs.tabletop import TabletopEnv
 
-TASKS: tuple[str, ...] = tuple(TASK_CLASSES)
+# The registered task names, in the order of envs.tasks.TASK_CLASSES (a test checks that
+# they agree): the names are needed to register ids without importing the tasks.
+TASKS: tuple[str, ...] = ("pick", "move_near", "place", "push", "stack")
 
 # Versioned gymnasium ids: "pick" -> "robotok/Pick-v0", "move_near" -> "robotok/MoveNear-v0".
 ENV_IDS: dict[str, str] = {
     t: "robotok/" + "".join(w.capitalize() for w in t.split("_")) + "-v0" for t in TASKS
 }
+
+_LAZY = {
+    "TabletopEnv": "envs.tabletop",
+    "TASK_CLASSES": "envs.tasks",
+    "SPLITS": "envs.splits",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'envs' has no attribute {name!r}")
 
 
 def make_env(
@@ -38,8 +58,10 @@ def make_env(
     split_overrides: dict[str, Any] | None = None,
     skip_render: bool = False,
 ) -> TabletopEnv:
-    """Build one env (no gymnasium wrappers). `skip_render=True` returns black images:
-    a fast path for oracle-only checks; the default always renders."""
+    """Build one TabletopEnv (no gymnasium wrappers). `skip_render=True` returns black
+    images: a fast path for oracle-only checks; the default always renders."""
+    from envs.tabletop import TabletopEnv
+
     return TabletopEnv(task=task, split=split, image_size=image_size,
                        wrist_camera=wrist_camera, render_mode=render_mode,
                        max_steps=max_steps, split_overrides=split_overrides,

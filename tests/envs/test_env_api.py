@@ -17,6 +17,7 @@ def test_tasks_splits_and_ids() -> None:
     assert envs.TASKS == ("pick", "move_near", "place", "push", "stack")
     assert envs.SPLITS == ("seen", "unseen_combo", "unseen_object", "unseen_instruction",
                            "distractors", "backgrounds")
+    assert tuple(envs.TASK_CLASSES) == envs.TASKS  # registered without importing the tasks
     assert envs.ENV_IDS["move_near"] == "robotok/MoveNear-v0"
     for env_id in envs.ENV_IDS.values():
         assert env_id in gym.registry
