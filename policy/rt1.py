@@ -39,10 +39,13 @@ from policy.base import Policy, binned_action_loss, check_training_targets, toke
 from policy.text import get_text_encoder
 from policy.tokenizers.actions import UniformActionTokenizer
 from policy.tokenizers.images import (
+    BACKBONES,
+    LITE0_BLOCKS,
     RT1ImageTokenizer,
     load_backbone,
     preprocess_images,
     random_shift,
+    resolve_pretrained,
 )
 from policy.tokenizers.state import StateTokenizer
 from policy.transformer import Transformer, TransformerConfig
@@ -74,7 +77,11 @@ class RT1Config:
     action_bounds: str = "spec"  # "spec": the action spec's bounds; "data": stats p01/p99
     text_encoder: str | None = None  # None: the offline all-MiniLM-L6-v2 package
     text_dim: int = 384  # width of the sentence embedding (all-MiniLM-L6-v2: 384)
-    pretrained_backbone: str | None = None  # local safetensors/state-dict file for the conv net
+    pretrained_backbone: str | None = None  # local safetensors/state-dict file; "imagenet":
+    # the shipped ImageNet weights of `backbone` (efficientnet_lite0 only)
+    backbone: str = "film_efficientnet"  # or "efficientnet_lite0": RT-1's ImageNet family
+    lite_blocks: int = 8  # efficientnet_lite0: how many of its blocks (8: through 80 channels)
+    lite_frozen: int = 0  # efficientnet_lite0: stem + this many blocks kept frozen, no FiLM
 
     def __post_init__(self) -> None:
         self.conv_channels = tuple(int(c) for c in self.conv_channels)
@@ -104,6 +111,17 @@ class RT1Config:
             raise ValueError(f"action_bounds={self.action_bounds!r}; expected 'spec' or 'data'")
         if self.text_dim < 1:
             raise ValueError(f"text_dim={self.text_dim}; expected >= 1")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone={self.backbone!r}; expected one of {BACKBONES}")
+        if self.backbone == "efficientnet_lite0" and not 1 <= self.lite_blocks <= len(
+                LITE0_BLOCKS):
+            raise ValueError(f"lite_blocks={self.lite_blocks}; expected 1..{len(LITE0_BLOCKS)}")
+        if self.backbone == "efficientnet_lite0" and not 0 <= self.lite_frozen < self.lite_blocks:
+            raise ValueError(f"lite_frozen={self.lite_frozen}; expected 0..{self.lite_blocks - 1}"
+                             f" (lite_blocks={self.lite_blocks}: at least one block trains)")
+        if self.pretrained_backbone == "imagenet" and self.backbone != "efficientnet_lite0":
+            raise ValueError(f"pretrained_backbone='imagenet' needs backbone="
+                             f"'efficientnet_lite0'; got {self.backbone!r}")
         self.transformer  # noqa: B018 - validates d_model / n_head / dropout
 
     @property
@@ -126,7 +144,7 @@ class RT1Policy(Policy):
         self.image_tokenizer = RT1ImageTokenizer(
             c.d_model, c.text_dim, c.conv_channels, c.conv_strides, c.conv_blocks,
             c.conv_expand, c.image_tokens, c.conv_fused_stages, c.position_encoding,
-            c.text_norm)
+            c.text_norm, c.backbone, c.lite_blocks, c.lite_frozen)
         self.state_tokenizer = (StateTokenizer(len(STATE_NAMES), c.d_model, self.stats)
                                 if c.use_state else None)
         self.tokens_per_frame = c.image_tokens + int(c.use_state)
@@ -135,7 +153,8 @@ class RT1Policy(Policy):
         self.transformer = Transformer(c.transformer)
         self.head = nn.Linear(c.d_model, len(action_spec) * c.action_bins)
         if c.pretrained_backbone:
-            load_backbone(self.image_tokenizer.backbone, c.pretrained_backbone)
+            load_backbone(self.image_tokenizer.backbone,
+                          resolve_pretrained(c.pretrained_backbone, c.backbone))
         self._text_emb: torch.Tensor | None = None
         self._frames: deque[torch.Tensor] = deque(maxlen=c.history)
 

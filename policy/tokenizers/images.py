@@ -11,8 +11,12 @@ Gato (Reed et al. 2022, sec. 2.1-2.2): the frame is cut into 16x16 patches, each
 normalised to [-1, 1] and divided by sqrt(patch size), passed through a single ResNet v2
 block, and given learned row and column position encodings.
 
-Both are trained from scratch; :func:`load_backbone` loads a local safetensors / state-dict
-file when a user has pretrained weights.
+Both are trained from scratch by default. RT-1 itself starts from an ImageNet EfficientNet:
+``backbone=efficientnet_lite0`` with ``pretrained_backbone=imagenet`` builds the first blocks
+of EfficientNet-Lite0 (:class:`FiLMEfficientNetLite0`) and loads the shipped ImageNet weights
+(policy/pretrained/backbones/, made by scripts/convert_efficientnet_lite0.py; how it compares:
+docs/experiments/2026-11-30-competence.md). :func:`load_backbone` loads any local
+safetensors / state-dict file when a user has other pretrained weights.
 """
 
 from __future__ import annotations
@@ -176,6 +180,117 @@ class FiLMEfficientNet(nn.Module):
         return x
 
 
+class ChannelAffine(nn.Module):
+    """Per-channel scale and shift: a BatchNorm folded with its running statistics.
+
+    A pretrained BatchNorm's statistics come from ImageNet batches; on this project's small CPU
+    batches they would be re-estimated badly, so they are folded into a trainable affine
+    (frozen-statistics BatchNorm, as detection fine-tuning does).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(channels))
+        self.shift = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale[:, None, None] + self.shift[:, None, None]
+
+
+class LiteMBConv(nn.Module):
+    """EfficientNet-Lite's block: expand 1x1, depthwise kxk, project 1x1; ReLU6, no SE; + FiLM."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int,
+                 cond_dim: int | None) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.expand = (nn.Sequential(nn.Conv2d(cin, hidden, 1, bias=False),
+                                     ChannelAffine(hidden), nn.ReLU6())
+                       if expand != 1 else None)
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(hidden, hidden, kernel, stride=stride, padding=kernel // 2, groups=hidden,
+                      bias=False),
+            ChannelAffine(hidden), nn.ReLU6())
+        self.project = nn.Sequential(nn.Conv2d(hidden, cout, 1, bias=False), ChannelAffine(cout))
+        self.film = FiLM(cond_dim, cout) if cond_dim else None  # None: a frozen block
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        h = x if self.expand is None else self.expand(x)
+        h = self.project(self.depthwise(h))
+        if self.film is not None:
+            h = self.film(h, cond)
+        return x + h if self.residual else h
+
+
+# EfficientNet-Lite0 (Tan & Le 2019; the Lite variants drop SE and use ReLU6): one row per
+# block, (cin, cout, kernel, stride, expand), as the ImageNet weights lay them out.
+LITE0_BLOCKS: tuple[tuple[int, int, int, int, int], ...] = (
+    (32, 16, 3, 1, 1),
+    (16, 24, 3, 2, 6), (24, 24, 3, 1, 6),
+    (24, 40, 5, 2, 6), (40, 40, 5, 1, 6),
+    (40, 80, 3, 2, 6), (80, 80, 3, 1, 6), (80, 80, 3, 1, 6),
+    (80, 112, 5, 1, 6), (112, 112, 5, 1, 6), (112, 112, 5, 1, 6),
+)
+
+
+class FiLMEfficientNetLite0(nn.Module):
+    """The first ``blocks`` blocks of EfficientNet-Lite0, each FiLM-conditioned (RT-1's recipe).
+
+    RT-1 starts from an ImageNet EfficientNet and adds FiLM to every block; the FiLM layers
+    start as the identity, so the pretrained features are intact at the first step. At this
+    project's 64 px the full network's 32x downsampling would leave a 2x2 map, so every stride
+    after the map reaches 1/8 of the input is set to 1 (an output stride of 8, as DeepLab does
+    for dense prediction): 64 px -> an 8x8 map, like the default backbone. Inputs are scaled to
+    [-1, 1], the Lite models' preprocessing. Output (N, out_channels, h, w).
+
+    ``frozen`` > 0 keeps the stem and the first ``frozen`` blocks at their ImageNet weights,
+    without FiLM, and runs them without gradients: the full-resolution layers cost most of a
+    training step on a CPU (their backward pass ~3x their forward), and edge and colour
+    filters are what ImageNet gives them.
+    """
+
+    def __init__(self, cond_dim: int, blocks: int = 8, out_channels: int = 128,
+                 frozen: int = 0) -> None:
+        super().__init__()
+        if not 1 <= blocks <= len(LITE0_BLOCKS):
+            raise ValueError(f"lite0 blocks={blocks}; expected 1..{len(LITE0_BLOCKS)}")
+        if not 0 <= frozen < blocks:
+            raise ValueError(f"lite0 frozen={frozen}; expected 0..{blocks - 1} (at least one "
+                             f"trained block)")
+        self.frozen = frozen
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, stride=2, padding=1, bias=False),
+                                  ChannelAffine(32), nn.ReLU6())
+        self.stem_film = FiLM(cond_dim, 32) if not frozen else None
+        layers, total_stride = [], 2
+        for i, (cin, cout, kernel, stride, expand) in enumerate(LITE0_BLOCKS[:blocks]):
+            stride = stride if total_stride < 8 else 1
+            total_stride *= stride
+            layers.append(LiteMBConv(cin, cout, kernel, stride, expand,
+                                     None if i < frozen else cond_dim))
+        self.blocks = nn.ModuleList(layers)
+        if frozen:
+            for module in (self.stem, *self.blocks[:frozen]):
+                module.requires_grad_(False)
+        width = LITE0_BLOCKS[blocks - 1][1]
+        # a trained 1x1 projection to the token width (the pretrained head is 1280-d at 1/32)
+        self.head = nn.Sequential(nn.Conv2d(width, out_channels, 1, bias=False),
+                                  nn.GroupNorm(_groups(out_channels), out_channels), nn.SiLU())
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        if self.frozen:
+            with torch.no_grad():
+                x = self.stem(x)
+                for block in self.blocks[:self.frozen]:
+                    x = block(x, None)
+        else:
+            x = self.stem_film(self.stem(x), cond)
+        for block in self.blocks[self.frozen:]:
+            x = block(x, cond)
+        return self.head(x)
+
+
 class FourierPositions(nn.Module):
     """Adds where each feature-map cell is: a learned 1x1 projection of fixed 2-D Fourier features.
 
@@ -237,16 +352,41 @@ class TokenLearner(nn.Module):
         return torch.einsum("nps,npc->nsc", weights, x)  # (N, S, C)
 
 
+BACKBONES = ("film_efficientnet", "efficientnet_lite0")
+# The ImageNet Lite0 stem and blocks, converted by scripts/convert_efficientnet_lite0.py;
+# `pretrained_backbone=imagenet` selects it.
+LITE0_IMAGENET = (Path(__file__).resolve().parents[1] / "pretrained" / "backbones"
+                  / "efficientnet_lite0_imagenet.safetensors")
+
+
+def resolve_pretrained(name: str, backbone: str) -> Path:
+    """`pretrained_backbone` -> a file: "imagenet" names the shipped weights of `backbone`."""
+    if name == "imagenet":
+        if backbone != "efficientnet_lite0":
+            raise ValueError(f"pretrained_backbone='imagenet' needs backbone="
+                             f"'efficientnet_lite0'; got backbone={backbone!r} (give a file "
+                             f"path for other backbones)")
+        return LITE0_IMAGENET
+    return Path(name)
+
+
 class RT1ImageTokenizer(nn.Module):
     """Frames (N, 3, H, W) in [0, 1] + instruction embedding (N, Dt) -> tokens (N, S, d)."""
 
     def __init__(self, d_model: int, text_dim: int, channels: Sequence[int],
                  strides: Sequence[int], blocks: int, expand: int, num_tokens: int,
                  fused_stages: int = 0, position_encoding: bool = True,
-                 text_norm: bool = True) -> None:
+                 text_norm: bool = True, backbone: str = "film_efficientnet",
+                 lite_blocks: int = 8, lite_frozen: int = 0) -> None:
         super().__init__()
-        self.backbone = FiLMEfficientNet(channels, strides, blocks, expand, text_dim,
-                                         fused_stages)
+        if backbone == "film_efficientnet":
+            self.backbone: nn.Module = FiLMEfficientNet(channels, strides, blocks, expand,
+                                                        text_dim, fused_stages)
+        elif backbone == "efficientnet_lite0":
+            self.backbone = FiLMEfficientNetLite0(text_dim, lite_blocks, channels[-1],
+                                                  lite_frozen)
+        else:
+            raise ValueError(f"backbone={backbone!r}; expected one of {BACKBONES}")
         self.positions = (FourierPositions(self.backbone.out_channels) if position_encoding
                           else None)
         # Sentence embeddings are unit-norm (components ~0.05): the zero-initialised FiLM
@@ -258,9 +398,13 @@ class RT1ImageTokenizer(nn.Module):
         self.text_norm = nn.LayerNorm(text_dim) if text_norm else nn.Identity()
         self.token_learner = TokenLearner(self.backbone.out_channels, num_tokens)
         self.proj = nn.Linear(self.backbone.out_channels, d_model)
-        # ImageNet statistics: harmless from scratch, and what a pretrained backbone expects
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        # ImageNet statistics: harmless from scratch, and what a pretrained backbone expects;
+        # the Lite models were trained on [-1, 1] inputs ((x - 127) / 128 on 0..255)
+        lite = backbone == "efficientnet_lite0"
+        mean = [0.5] * 3 if lite else [0.485, 0.456, 0.406]
+        std = [0.5] * 3 if lite else [0.229, 0.224, 0.225]
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         x = self.backbone((images - self.mean) / self.std, self.text_norm(text))
