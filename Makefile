@@ -1,11 +1,12 @@
 # robotok: two commands on a fresh machine.
 #   make demo   collect -> train -> evaluate on a small default, end to end
 #   make test   the test suite (ruff + pytest)
+#   make play   watch a checkpoint act in the browser (CHECKPOINT=..., ARGS="dataset=...")
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.robotok-installed
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench play venv clean
 
 venv: $(STAMP)
 
@@ -27,6 +28,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) scripts/benchmark_env.py
+
+# the browser playground on http://127.0.0.1:7860 (the page library is the `play` extra)
+CHECKPOINT ?= policy/pretrained/rt1_full
+play: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[play]"
+	$(PY) scripts/play.py checkpoint=$(CHECKPOINT) $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs

@@ -57,11 +57,8 @@ def run_episode(env: Any, actor: Actor, spec: EpisodeSpec, record: bool = False)
         furthest = max(furthest, int(info.get("milestone", 0)))
         if record:
             frames.append(np.asarray(obs[IMAGE]).copy())
-        if terminated:
-            ended_by = "terminate"
-        elif truncated:
-            ended_by = "step_limit"
-        elif steps >= MAX_EPISODE_STEPS:
+        ended_by = end_reason(terminated, truncated)
+        if not ended_by and steps >= MAX_EPISODE_STEPS:
             raise RuntimeError(
                 f"episode {spec} ran {steps} steps without terminating or truncating; "
                 "expected the env to truncate at its max_steps"
@@ -79,12 +76,20 @@ def run_episode(env: Any, actor: Actor, spec: EpisodeSpec, record: bool = False)
         steps=steps,
         episode_return=round(total, 6),
         ended_by=ended_by,
-        furthest=_milestone_name(env, furthest) if "milestone" in info else "",
+        furthest=milestone_name(env, furthest) if "milestone" in info else "",
     )
     return Rollout(result, frames)
 
 
-def _milestone_name(env: Any, reached: int) -> str:
+def end_reason(terminated: bool, truncated: bool) -> str:
+    """Why a step ended the episode: "terminate" (the actor's flag), "step_limit" (the env
+    truncated), or "" while it goes on."""
+    if terminated:
+        return "terminate"
+    return "step_limit" if truncated else ""
+
+
+def milestone_name(env: Any, reached: int) -> str:
     """"none" for 0, else the name of the `reached`-th of the task's milestones."""
     names = tuple(getattr(getattr(env, "task", None), "milestones", ()))
     if reached == 0:
