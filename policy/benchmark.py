@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from envs.spec import DEFAULT_ACTION_SPEC
 from policy.base import Policy, make_policy
 from policy.train.config import OptimConfig
-from policy.train.loop import autocast_for, compile_policy, set_optimizer_impl
+from policy.train.loop import autocast_for, compile_policy, set_optimizer_impl, update_policy
 from policy.train.optim import make_optimizer
 
 
@@ -395,8 +395,8 @@ class TrainOptions:
 class TrainStepper:
     """A policy, its AdamW + schedule and the loop's training step under ``options``.
 
-    The step is policy/train/loop.py's: forward under the autocast it would use, backward,
-    gradient clipping at 1.0, AdamW step, schedule step.
+    The step is policy/train/loop.py's `update_policy`: forward under the autocast it would
+    use, backward, gradient clipping at 1.0, AdamW step, schedule step.
     """
 
     def __init__(self, config: Any, env_info: dict[str, Any], options: TrainOptions,
@@ -415,15 +415,9 @@ class TrainStepper:
 
     def step(self, batch: dict[str, Any]) -> float:
         """One optimizer step on ``batch``; returns its loss."""
-        self.policy.train()
-        with self.autocast():
-            loss, _ = self.policy(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        self.optimizer.step()
-        self.scheduler.step()
-        return float(loss.item())
+        out = update_policy(self.policy, self.policy, batch, self.optimizer, self.scheduler,
+                            self.params, 1.0, self.autocast, step=0)
+        return float(out.loss.item())
 
 
 def demo_env_info(image_size: int) -> dict[str, Any]:

@@ -226,6 +226,269 @@ class _Window:
             self.sums[k] = self.sums.get(k, 0.0) + float(v)
 
 
+def per_rank_batch_size(batch_size: int, info: DistInfo) -> int:
+    """The global batch split evenly over the processes."""
+    if batch_size % info.world_size:
+        raise ValueError(
+            f"train.batch_size={batch_size} is not divisible by the {info.world_size} "
+            "processes; expected a multiple of the world size"
+        )
+    return batch_size // info.world_size
+
+
+def resume_target(cfg: TrainRunConfig, run_dir: Path, info: DistInfo
+                  ) -> tuple[Path, Path | None]:
+    """(run directory, checkpoint to resume from or None), the same on every rank.
+
+    A resumed run keeps writing into the run it continues: one run, one directory. The
+    directory hydra made for this invocation gets a note saying where the run went.
+    """
+    resume_from: Path | None = None
+    if info.is_main:
+        resume_from = find_resume_checkpoint(cfg.train.resume, run_dir, cfg.name)
+    resume_from = broadcast_object(resume_from, info)
+    if resume_from is None:
+        return run_dir, None
+    if info.is_main and resume_from.parent.parent.resolve() != run_dir.resolve():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RESUME_NOTE).write_text(f"{resume_from.parent.parent.resolve()}\n")
+    log.info("resuming from %s", resume_from)
+    return resume_from.parent.parent, resume_from
+
+
+def build_data_and_policy(
+    cfg: TrainRunConfig, policy_config: Any, resume_from: Path | None, device: torch.device,
+    info: DistInfo, dataset_factory: Callable[[DataConfig], Dataset],
+    policy_factory: Callable[[Any, Any, Path | None], nn.Module],
+) -> tuple[Dataset, nn.Module]:
+    """The dataset and the policy on `device`, checked to read the same number of frames."""
+    # Same seed on every rank for the model's initial weights (DDP also broadcasts rank 0's);
+    # per-rank seeds afterwards, so that augmentation differs between ranks.
+    seed_everything(cfg.train.seed)
+    dataset = dataset_factory(cfg.data)
+    policy = policy_factory(policy_config, dataset, resume_from).to(device)
+    seed_everything(cfg.train.seed + 1000 * info.rank)
+    policy_history = getattr(getattr(policy, "config", None), "history", None)
+    if policy_history is not None and policy_history != cfg.data.history:
+        raise ValueError(
+            f"data.history={cfg.data.history} but the policy reads {policy_history} frames; "
+            "expected them equal (conf/data/default.yaml follows ${policy.history})"
+        )
+    if cfg.train.channels_last:
+        policy = policy.to(memory_format=torch.channels_last)
+    return dataset, policy
+
+
+def restore_training_state(
+    resume_from: Path, optimizer: torch.optim.Optimizer, scheduler: Any,
+    cfg: TrainRunConfig, info: DistInfo,
+) -> Progress:
+    """Load the optimizer, schedule, progress and this rank's RNG from a checkpoint."""
+    state = load_training_state(resume_from / ckpt.TRAINING_STATE)
+    optimizer.load_state_dict(state.optimizer)
+    set_optimizer_impl(optimizer, cfg.optim.impl)  # this run's choice, not the saved one
+    scheduler.load_state_dict(state.scheduler)
+    # load_state_dict restored the saved schedule's fields; this run's config wins, so a
+    # resume with a larger train.steps extends the cosine instead of ending at the old one
+    wanted = WarmupCosine(cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.min_lr_ratio)
+    for fn in scheduler.lr_lambdas:
+        if fn != wanted:
+            log.warning("learning-rate schedule changed on resume: %s -> %s", fn, wanted)
+            vars(fn).update(vars(wanted))
+    progress = state.progress
+    # the checkpoint was saved before its own evaluation: best.json is the latest word
+    best = ckpt.read_pointer(resume_from.parent, ckpt.BEST)
+    if best is not None:
+        progress.best_success, progress.best_checkpoint = best.success, best.checkpoint
+    if progress.world_size == info.world_size and len(state.rng) == info.world_size:
+        restore_rng(state.rng[info.rank])
+    else:
+        log.warning(
+            "checkpoint was written by %d process(es), this run has %d: RNG streams are "
+            "reseeded and the data order restarts at the checkpoint's epoch",
+            progress.world_size, info.world_size,
+        )
+        progress.batch_in_epoch = 0
+        progress.world_size = info.world_size
+    return progress
+
+
+def batch_stream(dataset: Dataset, cfg: TrainRunConfig, info: DistInfo, progress: Progress,
+                 per_rank_batch: int) -> Iterator[Any]:
+    """This rank's batches, resuming the data order where `progress` says it stopped."""
+    seed = cfg.train.seed
+    sampler = ResumableSampler(dataset, info.world_size, info.rank, seed, per_rank_batch)
+    loader = make_loader(dataset, sampler, cfg.data.num_workers, seed + info.rank)
+    return batches(loader, sampler, progress)
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step reports (tensors: read them only when logging)."""
+
+    loss: torch.Tensor
+    metrics: dict[str, float]
+    grad_norm: torch.Tensor  # before clipping
+    lr: float  # the learning rate this step used
+
+
+def update_policy(
+    model: nn.Module, policy: nn.Module, batch: dict[str, Any],
+    optimizer: torch.optim.Optimizer, scheduler: Any, params: list[nn.Parameter],
+    grad_clip: float, autocast: Callable[[], AbstractContextManager[Any]], step: int,
+) -> StepResult:
+    """One optimizer step, as LeRobot's `update_policy`: forward (under `autocast`; through
+    the DDP wrapper `model` when there is one), backward, gradient clipping at `grad_clip`
+    (0: no clipping, the norm is still measured), AdamW step, schedule step.
+
+    `step` (the steps done before this one) only names the step in an error.
+    """
+    policy.train()
+    with autocast():
+        loss, metrics = model(batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"loss is {loss.item()} at step {step}; lower optim.lr or check the data"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    max_norm = grad_clip if grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    optimizer.step()
+    lr = scheduler.get_last_lr()[0]
+    scheduler.step()
+    return StepResult(loss, metrics, grad_norm, lr)
+
+
+@dataclass
+class _Run:
+    """What the steps of one invocation share once it is set up."""
+
+    cfg: TrainRunConfig
+    info: DistInfo
+    device: torch.device
+    run_dir: Path
+    train_config: dict[str, Any]
+    policy: nn.Module
+    model: nn.Module  # the policy, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    params: list[nn.Parameter]
+    progress: Progress
+    stop_at: int
+    logger: RunLogger | None  # rank 0 only
+    evaluator: Any
+    trained_tasks: list[str] | None
+
+
+def open_logger(run: _Run, resumed: bool, samples: int, per_rank_batch: int) -> RunLogger:
+    """Rank 0's metrics.jsonl / TensorBoard writer, after clearing killed writes' leftovers."""
+    ckpt.remove_stale_temps(run.run_dir / ckpt.CHECKPOINTS)
+    logger = RunLogger(
+        run.run_dir, run.cfg.logger, purge_step=run.progress.step + 1 if resumed else None
+    )
+    log.info(
+        "run dir %s | %s | %d trainable parameters | %d samples | %d process(es) x batch "
+        "%d | %d torch thread(s)",
+        run.run_dir, run.device, sum(p.numel() for p in run.params), samples,
+        run.info.world_size, per_rank_batch, torch.get_num_threads(),
+    )
+    return logger
+
+
+def save_checkpoint(run: _Run, step: int) -> Path:
+    """Rank 0 writes; every rank contributes its RNG state, then all wait."""
+    rngs = gather_objects(capture_rng(), run.info)
+    path = run.run_dir / ckpt.CHECKPOINTS / ckpt.checkpoint_name(step)
+    if run.info.is_main:
+        state = TrainingState(
+            progress=Progress(**vars(run.progress)),
+            optimizer=run.optimizer.state_dict(),
+            scheduler=run.scheduler.state_dict(),
+            rng=rngs,
+        )
+        path = ckpt.save_checkpoint(run.run_dir, step, run.policy, run.train_config, state)
+        ckpt.prune(run.run_dir / ckpt.CHECKPOINTS, run.cfg.train.keep_last)
+    barrier(run.info)
+    return path
+
+
+def evaluate_checkpoint(run: _Run, step: int, checkpoint_dir: Path) -> None:
+    """Rank 0: run the evaluator on a checkpoint, log it, and mark the best one so far."""
+    from policy.evaluation import log_report
+
+    assert run.logger is not None
+    progress = run.progress
+    out_dir = checkpoint_dir / "eval"
+    overrides: dict[str, Any] = {"progress": False}
+    if getattr(run.evaluator, "tasks", None) is None:
+        # eval.tasks=null means "what this run trains on", not every task there is
+        overrides["tasks"] = run.trained_tasks
+    report = run.evaluator.run(str(checkpoint_dir), out_dir, **overrides)
+    name = report.meta["policies"][0]
+    success = report.aggregate(name).success_rate
+    scalars = {k.removeprefix("eval/"): v for k, v in report.scalars("eval").items()}
+    # TensorBoard gets the same scalars (plus the report table and videos) from log_report
+    run.logger.log("eval", step, progress.train_time_s, scalars, tensorboard=False)
+    if run.logger.writer is not None:
+        log_report(report, run.logger.writer, step, out_dir=out_dir,
+                   max_videos=2 if run.cfg.logger.videos else 0)
+    if progress.best_success is None or success > progress.best_success:
+        progress.best_success = success
+        progress.best_checkpoint = checkpoint_dir.name
+        ckpt.mark_best(checkpoint_dir, step, success)
+    log.info("step %d: success %.3f (best %.3f)", step, success, progress.best_success)
+
+
+def log_window(run: _Run, window: _Window, lr: float, bar: tqdm) -> dict[str, float]:
+    """Average the window's metrics over steps and ranks, log them with the throughput;
+    returns the averaged metrics."""
+    keys = sorted(window.sums)
+    means = mean_over_ranks(torch.tensor([window.sums[k] / window.steps for k in keys]),
+                            run.info)
+    metrics = dict(zip(keys, means.tolist(), strict=True))
+    step_s = (window.data_s + window.update_s) / window.steps
+    perf = {
+        "samples_per_s": run.cfg.train.batch_size / step_s,
+        "data_ms": 1000 * window.data_s / window.steps,
+        "update_ms": 1000 * window.update_s / window.steps,
+        "data_share": window.data_s / (window.data_s + window.update_s),
+        "lr": lr,
+        "epoch": run.progress.epoch,
+    }
+    if run.logger is not None:
+        run.logger.log("train", run.progress.step, run.progress.train_time_s,
+                       {**metrics, **perf})
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", sps=f"{perf['samples_per_s']:.0f}",
+                        lr=f"{lr:.1e}")
+    return metrics
+
+
+def checkpoint_and_evaluate(run: _Run, stop_requested: bool) -> tuple[Path | None, bool]:
+    """After a step: checkpoint when due (or evaluating, or stopping), evaluate when due.
+
+    Returns (the checkpoint written, or None; whether to stop).
+    """
+    sched, step, info = run.cfg.train, run.progress.step, run.info
+    eval_now = run.evaluator is not None and sched.eval_every > 0 and (
+        step % sched.eval_every == 0
+    )
+    stop_now = step == run.stop_at or bool(
+        broadcast_object(stop_requested, info) if info.distributed else stop_requested
+    )
+    ckpt_now = (
+        (sched.checkpoint_every > 0 and step % sched.checkpoint_every == 0)
+        or eval_now or stop_now
+    )
+    path = save_checkpoint(run, step) if ckpt_now else None
+    if eval_now:
+        if info.is_main:
+            assert path is not None
+            evaluate_checkpoint(run, step, path)
+        barrier(info)
+    return path, stop_now
+
+
 def train(
     cfg: TrainRunConfig,
     policy_config: Any,
@@ -249,178 +512,68 @@ def train(
     init_process_group(info)
     device = resolve_device(cfg.device, info)
     torch.set_num_threads(cfg.train.num_threads or default_num_threads(info))
-    sched_cfg = cfg.train
-    if sched_cfg.batch_size % info.world_size:
-        raise ValueError(
-            f"train.batch_size={sched_cfg.batch_size} is not divisible by the "
-            f"{info.world_size} processes; expected a multiple of the world size"
-        )
-    per_rank_batch = sched_cfg.batch_size // info.world_size
-
-    resume_from: Path | None = None
-    if info.is_main:
-        resume_from = find_resume_checkpoint(sched_cfg.resume, run_dir, cfg.name)
-    resume_from = broadcast_object(resume_from, info)
-    if resume_from is not None:
-        # a resumed run keeps writing into the run it continues: one run, one directory
-        if info.is_main and resume_from.parent.parent.resolve() != run_dir.resolve():
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / RESUME_NOTE).write_text(f"{resume_from.parent.parent.resolve()}\n")
-        run_dir = resume_from.parent.parent
-        log.info("resuming from %s", resume_from)
-
-    # Same seed on every rank for the model's initial weights (DDP also broadcasts rank 0's);
-    # per-rank seeds afterwards, so that augmentation differs between ranks.
-    seed_everything(sched_cfg.seed)
-    dataset = dataset_factory(cfg.data)
-    policy = policy_factory(policy_config, dataset, resume_from).to(device)
-    seed_everything(sched_cfg.seed + 1000 * info.rank)
-    policy_history = getattr(getattr(policy, "config", None), "history", None)
-    if policy_history is not None and policy_history != cfg.data.history:
-        raise ValueError(
-            f"data.history={cfg.data.history} but the policy reads {policy_history} frames; "
-            "expected them equal (conf/data/default.yaml follows ${policy.history})"
-        )
-
-    trained_tasks = list(cfg.data.tasks or getattr(dataset, "info", {}).get("tasks") or []) or None
-    if sched_cfg.channels_last:
-        policy = policy.to(memory_format=torch.channels_last)
-    optimizer, scheduler = make_optimizer(policy, cfg.optim, sched_cfg.steps)
+    sched = cfg.train
+    per_rank_batch = per_rank_batch_size(sched.batch_size, info)
+    run_dir, resume_from = resume_target(cfg, run_dir, info)
+    dataset, policy = build_data_and_policy(cfg, policy_config, resume_from, device, info,
+                                            dataset_factory, policy_factory)
+    optimizer, scheduler = make_optimizer(policy, cfg.optim, sched.steps)
     set_optimizer_impl(optimizer, cfg.optim.impl)
     progress = Progress(world_size=info.world_size)
     if resume_from is not None:
-        state = load_training_state(resume_from / ckpt.TRAINING_STATE)
-        optimizer.load_state_dict(state.optimizer)
-        set_optimizer_impl(optimizer, cfg.optim.impl)  # this run's choice, not the saved one
-        scheduler.load_state_dict(state.scheduler)
-        # load_state_dict restored the saved schedule's fields; this run's config wins, so a
-        # resume with a larger train.steps extends the cosine instead of ending at the old one
-        wanted = WarmupCosine(cfg.optim.warmup_steps, sched_cfg.steps, cfg.optim.min_lr_ratio)
-        for fn in scheduler.lr_lambdas:
-            if fn != wanted:
-                log.warning("learning-rate schedule changed on resume: %s -> %s", fn, wanted)
-                vars(fn).update(vars(wanted))
-        progress = state.progress
-        # the checkpoint was saved before its own evaluation: best.json is the latest word
-        best = ckpt.read_pointer(resume_from.parent, ckpt.BEST)
-        if best is not None:
-            progress.best_success, progress.best_checkpoint = best.success, best.checkpoint
-        if progress.world_size == info.world_size and len(state.rng) == info.world_size:
-            restore_rng(state.rng[info.rank])
-        else:
-            log.warning(
-                "checkpoint was written by %d process(es), this run has %d: RNG streams are "
-                "reseeded and the data order restarts at the checkpoint's epoch",
-                progress.world_size, info.world_size,
-            )
-            progress.batch_in_epoch = 0
-            progress.world_size = info.world_size
-
+        progress = restore_training_state(resume_from, optimizer, scheduler, cfg, info)
     model: nn.Module = policy
     if info.distributed:
         model = DistributedDataParallel(
             policy, device_ids=[device.index] if device.type == "cuda" else None
         )
-    sampler = ResumableSampler(
-        dataset, info.world_size, info.rank, sched_cfg.seed, per_rank_batch
-    )
-    loader = make_loader(dataset, sampler, cfg.data.num_workers, sched_cfg.seed + info.rank)
-    stream: Iterator[Any] = batches(loader, sampler, progress)
+    stream = batch_stream(dataset, cfg, info, progress, per_rank_batch)
     params = [p for p in policy.parameters() if p.requires_grad]
-    autocast = autocast_for(device, sched_cfg.bf16, sched_cfg.bf16_cpu)
-    if sched_cfg.compile:
+    autocast = autocast_for(device, sched.bf16, sched.bf16_cpu)
+    if sched.compile:
         compile_policy(policy)
-    stop_at = min(sched_cfg.steps, sched_cfg.stop_after or sched_cfg.steps)
-
-    logger: RunLogger | None = None
-    if info.is_main:
-        ckpt.remove_stale_temps(run_dir / ckpt.CHECKPOINTS)  # leftovers of killed writes
-        logger = RunLogger(
-            run_dir, cfg.logger, purge_step=progress.step + 1 if resume_from else None
-        )
-        n_params = sum(p.numel() for p in params)
-        log.info(
-            "run dir %s | %s | %d trainable parameters | %d samples | %d process(es) x batch "
-            "%d | %d torch thread(s)",
-            run_dir, device, n_params, len(dataset), info.world_size, per_rank_batch,
-            torch.get_num_threads(),
-        )
-
-    def save(step: int) -> Path:
-        """Rank 0 writes; every rank contributes its RNG state, then all wait."""
-        rngs = gather_objects(capture_rng(), info)
-        path = run_dir / ckpt.CHECKPOINTS / ckpt.checkpoint_name(step)
-        if info.is_main:
-            state = TrainingState(
-                progress=Progress(**vars(progress)),
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-                rng=rngs,
-            )
-            path = ckpt.save_checkpoint(run_dir, step, policy, train_config, state)
-            ckpt.prune(run_dir / ckpt.CHECKPOINTS, sched_cfg.keep_last)
-        barrier(info)
-        return path
-
-    def evaluate(step: int, checkpoint_dir: Path) -> None:
-        from policy.evaluation import log_report
-
-        assert logger is not None
-        out_dir = checkpoint_dir / "eval"
-        overrides: dict[str, Any] = {"progress": False}
-        if getattr(evaluator, "tasks", None) is None:
-            # eval.tasks=null means "what this run trains on", not every task there is
-            overrides["tasks"] = trained_tasks
-        report = evaluator.run(str(checkpoint_dir), out_dir, **overrides)
-        name = report.meta["policies"][0]
-        success = report.aggregate(name).success_rate
-        scalars = {k.removeprefix("eval/"): v for k, v in report.scalars("eval").items()}
-        # TensorBoard gets the same scalars (plus the report table and videos) from log_report
-        logger.log("eval", step, progress.train_time_s, scalars, tensorboard=False)
-        if logger.writer is not None:
-            log_report(report, logger.writer, step, out_dir=out_dir,
-                       max_videos=2 if cfg.logger.videos else 0)
-        if progress.best_success is None or success > progress.best_success:
-            progress.best_success = success
-            progress.best_checkpoint = checkpoint_dir.name
-            ckpt.mark_best(checkpoint_dir, step, success)
-        log.info("step %d: success %.3f (best %.3f)", step, success, progress.best_success)
-
-    bar = tqdm(
-        total=stop_at, initial=progress.step, unit="step", dynamic_ncols=True,
-        disable=not (info.is_main and sched_cfg.progress), mininterval=1.0,
+    run = _Run(
+        cfg=cfg, info=info, device=device, run_dir=run_dir, train_config=train_config,
+        policy=policy, model=model, optimizer=optimizer, scheduler=scheduler,
+        params=params, progress=progress,
+        stop_at=min(sched.steps, sched.stop_after or sched.steps), logger=None,
+        evaluator=evaluator,
+        trained_tasks=list(cfg.data.tasks or getattr(dataset, "info", {}).get("tasks") or [])
+        or None,
     )
-    window = _Window()
-    total = _Window()
+    if info.is_main:
+        run.logger = open_logger(run, resume_from is not None, len(dataset), per_rank_batch)
+    result = run_steps(run, stream, autocast)
+    if run.logger is not None:
+        run.logger.close()
+    return result
+
+
+def run_steps(run: _Run, stream: Iterator[Any],
+              autocast: Callable[[], AbstractContextManager[Any]]) -> TrainResult:
+    """Step until `stop_at` (or a stop signal): fetch a batch, update, log, checkpoint."""
+    progress, sched, device = run.progress, run.cfg.train, run.device
+    bar = tqdm(
+        total=run.stop_at, initial=progress.step, unit="step", dynamic_ncols=True,
+        disable=not (run.info.is_main and sched.progress), mininterval=1.0,
+    )
+    window, total = _Window(), _Window()
     last_path: Path | None = None
     last_metrics: dict[str, float] = {}
     first_step_done = False
     with _StopFlag() as stop:
-        while progress.step < stop_at:
+        while progress.step < run.stop_at:
             t0 = time.perf_counter()
             batch = _to_device(next(stream), device)
             t1 = time.perf_counter()
-            policy.train()
-            with autocast():
-                loss, metrics = model(batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at step {progress.step}; lower optim.lr or check "
-                    "the data"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            optimizer.step()
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
+            out = update_policy(run.model, run.policy, batch, run.optimizer, run.scheduler,
+                                run.params, run.cfg.optim.grad_clip, autocast, progress.step)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # honest update time: kernels are async
             t2 = time.perf_counter()
 
             progress.step += 1
-            progress.samples_seen += sched_cfg.batch_size
+            progress.samples_seen += sched.batch_size
             progress.train_time_s += t2 - t0
             # the first step of an invocation also loads the text encoder and warms up
             # kernels: it counts in train_time_s but not in the throughput figures
@@ -430,63 +583,25 @@ def train(
                 w.steps += 1
                 w.data_s += t1 - t0
                 w.update_s += t2 - t1
-            window.add({"loss": loss.item(), **metrics, "grad_norm": grad_norm.item()})
+            window.add({"loss": out.loss.item(), **out.metrics,
+                        "grad_norm": out.grad_norm.item()})
             bar.update(1)
 
-            step = progress.step
-            if step % sched_cfg.log_every == 0 or step == stop_at:
-                keys = sorted(window.sums)
-                means = mean_over_ranks(
-                    torch.tensor([window.sums[k] / window.steps for k in keys]), info
-                )
-                last_metrics = dict(zip(keys, means.tolist(), strict=True))
-                step_s = (window.data_s + window.update_s) / window.steps
-                perf = {
-                    "samples_per_s": sched_cfg.batch_size / step_s,
-                    "data_ms": 1000 * window.data_s / window.steps,
-                    "update_ms": 1000 * window.update_s / window.steps,
-                    "data_share": window.data_s / (window.data_s + window.update_s),
-                    "lr": lr,
-                    "epoch": progress.epoch,
-                }
-                if logger is not None:
-                    logger.log("train", step, progress.train_time_s, {**last_metrics, **perf})
-                    bar.set_postfix(
-                        loss=f"{last_metrics['loss']:.3f}",
-                        sps=f"{perf['samples_per_s']:.0f}",
-                        lr=f"{lr:.1e}",
-                    )
+            if progress.step % sched.log_every == 0 or progress.step == run.stop_at:
+                last_metrics = log_window(run, window, out.lr, bar)
                 window = _Window()
-
-            eval_now = evaluator is not None and sched_cfg.eval_every > 0 and (
-                step % sched_cfg.eval_every == 0
-            )
-            stop_now = step == stop_at or bool(
-                broadcast_object(stop.requested, info) if info.distributed else stop.requested
-            )
-            ckpt_now = (
-                (sched_cfg.checkpoint_every > 0 and step % sched_cfg.checkpoint_every == 0)
-                or eval_now or stop_now
-            )
-            if ckpt_now:
-                last_path = save(step)
-            if eval_now:
-                if info.is_main:
-                    assert last_path is not None
-                    evaluate(step, last_path)
-                barrier(info)
+            path, stop_now = checkpoint_and_evaluate(run, stop.requested)
+            last_path = path or last_path
             if stop_now:
                 break
     bar.close()
-    if logger is not None:
-        logger.close()
     steps_run = max(1, total.steps)
     step_time = (total.data_s + total.update_s) / steps_run
     return TrainResult(
-        run_dir=run_dir,
+        run_dir=run.run_dir,
         last_checkpoint=last_path,
         progress=progress,
-        samples_per_s=sched_cfg.batch_size / step_time if total.steps else 0.0,
+        samples_per_s=sched.batch_size / step_time if total.steps else 0.0,
         data_share=total.data_s / max(1e-12, total.data_s + total.update_s),
         final_metrics=last_metrics,
     )
