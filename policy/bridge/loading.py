@@ -24,9 +24,10 @@ from torch import nn
 
 from envs.spec import CONTROL_HZ, IMAGE, INSTRUCTION, STATE, STATE_NAMES
 from policy.base import Policy, summarize_env
+from policy.checkpoint_hash import checkpoint_sha256
 
 from .protocol import ArraySpec
-from .server import ServedPolicy, checkpoint_sha256
+from .server import ServedPolicy
 
 log = logging.getLogger(__name__)
 

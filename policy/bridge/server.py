@@ -16,7 +16,6 @@ only when a checkpoint is loaded, so tests can serve any object with the Policy 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import ipaddress
 import itertools
@@ -42,9 +41,6 @@ from .requests import Envelope, RequestError, peek_id, peek_text_id, read_envelo
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = P.TOKEN_ENV
-# Files whose bytes define a checkpoint's behaviour at inference: weights, model/tokenizer
-# config, action layout and the normalization statistics (the silent-mismatch culprit).
-HASHED_FILES = ("model.safetensors", "config.json", "action_spec.json", "stats.json")
 
 
 class Session(Protocol):
@@ -120,25 +116,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name other than localhost: treat as reachable from outside
         return False
-
-
-def checkpoint_sha256(directory: str | Path) -> str:
-    """sha256 over the files in HASHED_FILES that exist, in that order, each preceded by its
-    name and a NUL byte, so that renaming or dropping a file changes the hash too."""
-    directory = Path(directory)
-    digest = hashlib.sha256()
-    found = False
-    for name in HASHED_FILES:
-        path = directory / name
-        if path.is_file():
-            found = True
-            digest.update(name.encode() + b"\0")
-            with path.open("rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
-    if not found:
-        raise FileNotFoundError(f"no checkpoint files {HASHED_FILES} in {directory}")
-    return digest.hexdigest()
 
 
 def rss_bytes() -> int:

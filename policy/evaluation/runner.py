@@ -12,7 +12,6 @@ actions); replaying costs a few episodes but means no frames are held for the ot
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import tempfile
@@ -25,14 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from envs.spec import EVAL_SEED_START
+from policy.checkpoint_hash import checkpoint_sha256
 from policy.evaluation.actors import BASELINES
 from policy.evaluation.compat import read_checkpoint_env
 from policy.evaluation.episodes import plan_episodes, shard
 from policy.evaluation.pool import EpisodePool, EpisodeRunner, WorkerSetup, load_policy
 from policy.evaluation.report import write_report
 from policy.evaluation.results import EpisodeResult, EvalReport, VideoRecord
-
-CHECKPOINT_WEIGHTS = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -67,14 +65,6 @@ class EnvSettings:
             kw["split_overrides"] = dict(self.split_overrides)
         return kw
 
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 
@@ -178,9 +168,8 @@ def evaluate(
     if isinstance(policy_factory, str | Path):
         checkpoint = str(policy_factory)
         trained_env = read_checkpoint_env(checkpoint)
-        weights = Path(checkpoint) / CHECKPOINT_WEIGHTS
         meta["checkpoint"] = checkpoint
-        meta["checkpoint_sha256"] = _file_sha256(weights) if weights.is_file() else None
+        meta["checkpoint_sha256"] = checkpoint_sha256(checkpoint)
         # Load once here too: a broken checkpoint should fail before workers spawn, and the
         # name of the policy row comes from it.
         policy_obj = load_policy(checkpoint)

@@ -729,7 +729,7 @@ def test_protocol_doc_examples_match_the_reference_checkpoint() -> None:
     # docs/PROTOCOL.md once showed [96, 96, 3] where rt1_full wants [64, 64, 3].
     from pathlib import Path
 
-    from policy.bridge.server import checkpoint_sha256
+    from policy.checkpoint_hash import checkpoint_sha256
 
     root = Path(__file__).resolve().parents[2]
     doc = (root / "docs" / "PROTOCOL.md").read_text()

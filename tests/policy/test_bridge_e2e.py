@@ -31,8 +31,9 @@ from envs.spec import DEFAULT_ACTION_SPEC, STATE_NAMES
 from policy import GatoConfig, Policy, make_policy
 from policy.bridge.client import BridgeClient
 from policy.bridge.loading import load_served_policy
-from policy.bridge.server import ServerConfig, checkpoint_sha256
+from policy.bridge.server import ServerConfig
 from policy.bridge.thread import ServerThread
+from policy.checkpoint_hash import checkpoint_sha256
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_SIZE = 96  # the env's default: the bridge's default load
