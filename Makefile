@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.robotok-installed
 
-.PHONY: demo test lint bench play venv clean
+.PHONY: demo test lint bench play venv clean lerobot-venv
 
 venv: $(STAMP)
 
@@ -35,5 +35,10 @@ play: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[play]"
 	$(PY) scripts/play.py checkpoint=$(CHECKPOINT) $(ARGS)
 
+# LeRobot's own dataset reader in a venv of its own (scripts/setup_lerobot_venv.sh says why);
+# tests/envs/test_lerobot_export.py checks exports with it when it is there
+lerobot-venv:
+	bash scripts/setup_lerobot_venv.sh .venv-lerobot
+
 clean:
-	rm -rf $(VENV) outputs
+	rm -rf $(VENV) .venv-lerobot outputs

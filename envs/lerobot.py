@@ -694,7 +694,7 @@ def map_features(info: dict[str, Any], cfg: ImportConfig) -> dict[str, str]:
             raise FeatureMapError(
                 f"feature {name!r} ({ft.get('dtype')} {ft.get('shape')}) does not map to the "
                 f"episode store, whose keys are {list(STORE_KEYS)}; map it with "
-                f"'import.features={{{name}: <key>}}' or drop it with 'import.ignore=[{name}]'")
+                f"'+import.features={{{name}: <key>}}' or drop it with 'import.ignore=[{name}]'")
         if key in out:
             raise FeatureMapError(f"features {out[key]!r} and {name!r} both map to {key!r}")
         out[key] = name
@@ -702,7 +702,7 @@ def map_features(info: dict[str, Any], cfg: ImportConfig) -> dict[str, str]:
         if key not in out:
             raise FeatureMapError(
                 f"no feature maps to {key!r} (have {sorted(features)}); expected "
-                f"{FEATURE_NAMES[key]!r} or a mapping 'import.features={{<feature>: {key}}}'")
+                f"{FEATURE_NAMES[key]!r} or a mapping '+import.features={{<feature>: {key}}}'")
     return out
 
 

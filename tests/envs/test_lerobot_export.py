@@ -276,15 +276,30 @@ def test_lerobot_doctor_finds_no_format_problem(exported: Path) -> None:
 LEROBOT_VENV = REPO / os.environ.get("ROBOTOK_LEROBOT_VENV", ".venv-lerobot")
 
 
-def test_lerobot_dataset_loads_the_export(exported: Path) -> None:
-    """LeRobot's own LeRobotDataset (package lerobot-dataset, in its own venv so that its
-    torch/torchvision pins never touch ours) reads every frame of the export."""
+def test_lerobot_dataset_reads_what_was_exported(exported: Path, tmp_path: Path) -> None:
+    """LeRobot's own LeRobotDataset (package lerobot-dataset, in a venv of its own so that its
+    pins never touch ours) reads every frame: the same vectors and task strings, and frames
+    within the codec tolerance of the store's."""
     python = LEROBOT_VENV / "bin/python"
     if not python.exists():
         pytest.skip(f"LeRobot's reader absent: `make lerobot-venv` creates {LEROBOT_VENV.name}")
+    dump = tmp_path / "read.npz"
     out = subprocess.run([str(python), str(REPO / "scripts/check_lerobot_dataset.py"),
-                          str(exported)], capture_output=True, text=True, timeout=120)
+                          str(exported), "--dump", str(dump)],
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["frames"] == sum(len(e) for e in EPISODES)
-    assert result["tasks_match"] and result["max_frame_mae"] <= 2 * MAX_MAE
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (summary["codebase_version"], summary["fps"], summary["episodes"]) == ("v3.0", 10, 6)
+    assert summary["tasks_match"]
+    read = np.load(dump)
+    np.testing.assert_array_equal(read["action"], np.concatenate([e.action for e in EPISODES]))
+    np.testing.assert_array_equal(read["observation.state"],
+                                  np.concatenate([e.state for e in EPISODES]))
+    assert list(read["task"]) == [e.instruction for e in EPISODES for _ in range(len(e))]
+    for key, name in ((IMAGE, "front"), (WRIST_IMAGE, "wrist")):
+        want = np.concatenate([getattr(e, key) for e in EPISODES])
+        got = read[f"observation.images.{name}"]
+        assert got.shape == want.shape
+        for t in range(len(want)):
+            err = frame_error(got[t], want[t])
+            assert err["mae"] <= MAX_MAE and err["psnr"] >= MIN_PSNR, (key, t, err)
