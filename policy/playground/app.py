@@ -286,12 +286,24 @@ def build_app(play: Playground) -> Any:
         def on_start(text: str, request: gr.Request) -> Any:
             with tab(request) as session:
                 session.set_instruction(text)
-                return gr.Timer(active=session.view is not None and not session.view.done)
+                session.running = session.view is not None and not session.view.done
+                return gr.Timer(active=session.running)
+
+        def on_pause(request: gr.Request) -> None:
+            # Not queued, no lock and no outputs (the page would hold it behind the running
+            # ticks, which share the timer output): the next tick finds the flag down and
+            # switches the timer off itself.
+            session = play.sessions.get(request.session_hash)
+            if session is not None:
+                session.running = False
 
         def on_tick(request: gr.Request) -> list[Any]:
             with tab(request) as session:
+                if not session.running:
+                    return [*(gr.skip() for _ in sim_views), gr.Timer(active=False)]
                 view = session.step()
-                return [*show(session, view), gr.Timer(active=not view.done)]
+                session.running = not view.done
+                return [*show(session, view), gr.Timer(active=session.running)]
 
         def on_save(request: gr.Request) -> Any:
             with tab(request) as session:
@@ -308,7 +320,7 @@ def build_app(play: Playground) -> Any:
         actor.input(on_switch, [actor, instruction], [*sim_views, timer])
         step.click(on_step, [instruction], sim_views)
         start.click(on_start, [instruction], timer)
-        pause.click(lambda: gr.Timer(active=False), None, timer)
+        pause.click(on_pause, None, None, queue=False)
         timer.tick(on_tick, None, [*sim_views, timer], trigger_mode="once",
                    show_progress="hidden")
         save.click(on_save, None, video)
@@ -335,18 +347,37 @@ def build_app(play: Playground) -> Any:
             with user_errors():
                 return show_stored(play.browser(request.session_hash).seek(int(t)))
 
-        def on_d_tick(request: gr.Request) -> list[Any]:
+        def on_d_step(request: gr.Request) -> list[Any]:
             with user_errors():
                 view = play.browser(request.session_hash).step()
-                return [*show_stored(view), gr.Timer(active=not view.done)]
+                return show_stored(view)
+
+        def on_d_play(request: gr.Request) -> Any:
+            with user_errors():
+                play.browser(request.session_hash).running = True
+                return gr.Timer(active=True)
+
+        def on_d_pause(request: gr.Request) -> None:
+            browser = play.browsers.get(request.session_hash)
+            if browser is not None:
+                browser.running = False  # as on_pause
+
+        def on_d_tick(request: gr.Request) -> list[Any]:
+            with user_errors():
+                browser = play.browser(request.session_hash)
+                if not browser.running:
+                    return [*(gr.skip() for _ in data_views), gr.Timer(active=False)]
+                view = browser.step()
+                browser.running = not view.done
+                return [*show_stored(view), gr.Timer(active=browser.running)]
 
         open_btn.click(on_open, [path], [note, episodes, d_index, *data_views])
         d_index.submit(on_episode, [d_index], data_views)
         episodes.select(on_select, None, [d_index, *data_views])
         d_step.release(on_seek, [d_step], data_views)
-        d_next.click(on_d_tick, None, [*data_views, d_timer])
-        d_play.click(lambda: gr.Timer(active=True), None, d_timer)
-        d_pause.click(lambda: gr.Timer(active=False), None, d_timer)
+        d_next.click(on_d_step, None, data_views)
+        d_play.click(on_d_play, None, d_timer)
+        d_pause.click(on_d_pause, None, None, queue=False)
         d_timer.tick(on_d_tick, None, [*data_views, d_timer], trigger_mode="once",
                      show_progress="hidden")
     return app

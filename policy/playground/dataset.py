@@ -59,6 +59,7 @@ class DatasetBrowser:
             else:
                 self.policy, self.introspector = policy, Introspector(policy)
         self.index = -1
+        self.running = False  # Play/Pause on the page
         self.episode: Any = None
         self._views: list[StepView] = []
 
@@ -72,6 +73,7 @@ class DatasetBrowser:
             raise ValueError(f"episode {index}; expected 0..{n - 1} ({n} episodes in "
                              f"{self.path})")
         self.index = int(index)
+        self.running = False
         self.episode = self.store.episode(self.index)
         self._views = []
         if self.policy is not None:

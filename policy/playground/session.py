@@ -136,6 +136,7 @@ class PlaySession:
         self.obs: dict[str, Any] | None = None
         self.view: StepView | None = None
         self.frames: list[np.ndarray] = []  # camera | render, one per step, for the video
+        self.running = False  # Start/Pause: the page's timer steps only while this is True
 
     # -- actors and envs -----------------------------------------------------------------
 
@@ -187,6 +188,7 @@ class PlaySession:
         if seed < 0:
             raise ValueError(f"seed {seed}; expected >= 0")
         env = self._env(task, split, actor)
+        self.running = False
         obs, info = env.reset(seed=seed)
         self.env, self.obs = env, obs
         self.actor, self.task, self.split, self.seed = actor, task, split, seed

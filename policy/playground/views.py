@@ -14,6 +14,7 @@ from policy.playground.introspect import StepInsight
 
 _CHAR_PX = 6  # width of one character of Pillow's default bitmap font
 ROW_PX = 40  # height of one action dimension's chart
+HEADER_PX = 40  # the legend band above the charts (the page draws its label over the top)
 LABEL_PX = 150  # width of the text column beside the charts
 CHART_PX = 256  # chart width: one column per bin at RT-1's 256 bins (more bins are pooled)
 
@@ -88,7 +89,8 @@ def distribution_view(insight: StepInsight, action: np.ndarray | None = None,
                       label_bins: np.ndarray | None = None) -> np.ndarray:
     """One row per action dimension: name, chosen bin, value and its probability, then the
     bin distribution (each row scaled to its own peak), the chosen bin in red and, when given,
-    a stored label's bin in green. uint8 (A * ROW_PX, LABEL_PX + CHART_PX, 3)."""
+    a stored label's bin in green, under a legend. uint8 (HEADER_PX + A * ROW_PX, ~LABEL_PX +
+    CHART_PX, 3)."""
     from PIL import Image, ImageDraw
 
     names, probs, bins = insight.names, insight.probs, insight.bins
@@ -111,13 +113,17 @@ def distribution_view(insight: StepInsight, action: np.ndarray | None = None,
         if label_bins is not None:
             chart[:, column(label_bins[i])] = (60, 210, 90)
         chart[:, column(bins[i])] = (235, 70, 60)
-    image = Image.fromarray(canvas)
+    legend = "red: chosen bin" + ("  green: stored label" if label_bins is not None else "")
+    header = np.full((HEADER_PX, canvas.shape[1], 3), 24, dtype=np.uint8)
+    image = Image.fromarray(np.concatenate([header, canvas]))
     draw = ImageDraw.Draw(image)
+    draw.text((4, 4), f"{legend}  (each row scaled to its peak)", fill=(200, 200, 200))
     conf = insight.confidence()
     for i, name in enumerate(names):
+        top = HEADER_PX + i * ROW_PX
         value = "" if action is None else f" {float(action[i]):+.3f}"
-        draw.text((4, i * ROW_PX + 4), f"{name}{value}", fill=(240, 240, 240))
-        draw.text((4, i * ROW_PX + 18), f"bin {int(bins[i])}/{k}  p={conf[i]:.2f}",
+        draw.text((4, top + 4), f"{name}{value}", fill=(240, 240, 240))
+        draw.text((4, top + 18), f"bin {int(bins[i])}/{k}  p={conf[i]:.2f}",
                   fill=(170, 170, 170))
     return np.asarray(image)
 

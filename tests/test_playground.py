@@ -1,0 +1,176 @@
+"""The playground's episode logic, without a browser: what the page shows comes from here.
+
+The reference checkpoint (policy/pretrained/rt1_full) acts, so the numbers are a real RT-1's.
+The page itself is driven in a real browser by tests/test_playground_browser.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from envs.spec import EVAL_SEED_START
+from policy.playground.config import TOKEN_ENV, PlayServerConfig
+from policy.playground.introspect import StepInsight
+from policy.playground.session import (
+    ORACLE,
+    POLICY,
+    PlaySession,
+    check_instruction,
+    load_checkpoint,
+)
+from policy.playground.views import HEADER_PX, ROW_PX, attention_view, distribution_view, enlarge
+
+REFERENCE = Path(__file__).resolve().parents[1] / "policy" / "pretrained" / "rt1_full"
+SEED = EVAL_SEED_START + 3
+
+
+@pytest.fixture(scope="module")
+def checkpoint():
+    return load_checkpoint(REFERENCE, torch_threads=1)
+
+
+@pytest.fixture
+def session(checkpoint):
+    s = PlaySession({POLICY: checkpoint})
+    yield s
+    s.close()
+
+
+def test_steps_show_the_policys_distributions_and_attention(session: PlaySession) -> None:
+    first = session.reset("pick", "seen", SEED)
+    assert first.step == 0 and first.action is None and first.insight is None
+    assert first.camera.shape == (64, 64, 3) and first.render.shape == (240, 320, 3)
+    for _ in range(3):
+        view = session.step()
+    assert view.step == 3 and not view.done
+    assert not np.array_equal(view.camera, first.camera), "the robot did not move in 3 steps"
+    insight = view.insight
+    assert insight is not None and insight.probs.shape == (8, 256)
+    np.testing.assert_allclose(insight.probs.sum(-1), 1.0, atol=1e-5)
+    # the action taken is the centre of the bins the page shows as chosen
+    policy = session._policies[POLICY]
+    decoded = policy.action_tokenizer.decode(torch.as_tensor(insight.bins)).numpy()
+    np.testing.assert_allclose(view.action, decoded, atol=1e-6)
+    # one spatial softmax per TokenLearner token, over the 64 px frame's feature map
+    assert insight.attention is not None and insight.attention.shape[0] == 8
+    np.testing.assert_allclose(insight.attention.sum((1, 2)), 1.0, atol=1e-5)
+
+
+def test_a_typed_instruction_reaches_the_policy(session: PlaySession) -> None:
+    session.reset("pick", "seen", SEED)
+    scene = session.scene_instruction
+    session.step()
+    session.set_instruction("  knock   over the purple  duck ")
+    view = session.step()
+    assert view.instruction == "knock over the purple duck" != scene
+    assert session._policies[POLICY].instruction == "knock over the purple duck"
+    # a new instruction changes what the policy computes on the same frame
+    session.reset("pick", "seen", SEED)
+    a = session.step().insight.probs
+    session.reset("pick", "seen", SEED, instruction="push the red block to the left")
+    b = session.step().insight.probs
+    assert not np.allclose(a, b)
+
+
+def test_switching_actor_replays_the_same_scene(session: PlaySession) -> None:
+    policy_view = session.reset("pick", "seen", SEED)
+    oracle_view = session.reset("pick", "seen", SEED, actor=ORACLE)
+    np.testing.assert_array_equal(policy_view.camera, oracle_view.camera)
+    np.testing.assert_array_equal(policy_view.render, oracle_view.render)
+    while not oracle_view.done:
+        oracle_view = session.step()
+    assert oracle_view.success and oracle_view.ended_by == "terminate"
+    assert oracle_view.insight is None  # the oracle has no distributions
+    assert session.step() is oracle_view  # a finished episode stays finished
+
+
+def test_the_episode_video_has_every_frame(session: PlaySession) -> None:
+    import imageio.v2 as imageio
+
+    session.reset("pick", "seen", SEED)
+    for _ in range(4):
+        session.step()
+    path = session.save_video()
+    assert path.suffix == ".mp4" and path.stat().st_size > 1000
+    with imageio.get_reader(path) as reader:
+        frames = [f for f in reader]
+    assert len(frames) == 5  # the reset frame and one per step
+    session.close()
+    assert not path.exists(), "closing a tab keeps its videos"
+
+
+def test_bad_input_is_named(session: PlaySession) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        check_instruction("   ")
+    with pytest.raises(ValueError, match="300 characters; expected at most 256"):
+        check_instruction("x" * 300)
+    with pytest.raises(ValueError, match="task 'fly'"):
+        session.reset("fly", "seen", SEED)
+    with pytest.raises(ValueError, match="split 'mars'"):
+        session.reset("pick", "mars", SEED)
+    with pytest.raises(ValueError, match="actor 'second'"):
+        session.reset("pick", "seen", SEED, actor="second")
+    with pytest.raises(RuntimeError, match="reset the scene"):
+        session.step()
+
+
+def test_listening_off_loopback_needs_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    assert PlayServerConfig().host == "127.0.0.1"
+    with pytest.raises(ValueError, match="non-loopback host '0.0.0.0' without a token"):
+        PlayServerConfig(host="0.0.0.0")
+    assert PlayServerConfig(host="0.0.0.0", token="s3cret").token == "s3cret"
+    monkeypatch.setenv(TOKEN_ENV, "from-env")
+    assert PlayServerConfig(host="0.0.0.0").token == "from-env"
+    with pytest.raises(ValueError, match="server.port=70000"):
+        PlayServerConfig(port=70000)
+
+
+def test_views_mark_the_chosen_and_the_label_bins() -> None:
+    probs = np.full((2, 1024), 1e-4, dtype=np.float32)  # Gato's 1024 bins pool into the chart
+    probs[0, 100], probs[1, 900] = 0.9, 0.9
+    insight = StepInsight(("x", "gripper"), probs / probs.sum(-1, keepdims=True),
+                          np.array([100, 900]))
+    image = distribution_view(insight, np.array([0.1, 0.9]), label_bins=np.array([700, 20]))
+    red = np.all(image == (235, 70, 60), axis=-1)
+    green = np.all(image == (60, 210, 90), axis=-1)
+    assert red.any() and green.any()
+    # the red column of row 0 lies left of its green one (bin 100 vs label 700)
+    row0 = slice(HEADER_PX, HEADER_PX + ROW_PX)
+    assert np.nonzero(red[row0].any(0))[0][0] < np.nonzero(green[row0].any(0))[0][0]
+    heat = attention_view(np.zeros((64, 64, 3), np.uint8), np.ones((8, 8, 8)) / 64)
+    assert heat.shape[1] == 256 and heat.dtype == np.uint8
+    with pytest.raises(ValueError, match="scale must be >= 1"):
+        enlarge(np.zeros((4, 4, 3), np.uint8), 0)
+    with pytest.raises(ValueError, match=r"expected \(2, bins\)"):
+        StepInsight(("x", "y"), np.ones((3, 4)), np.zeros(3, int))
+
+
+def test_a_stored_dataset_is_browsed_with_the_checkpoints_opinion(checkpoint,
+                                                                   tmp_path: Path) -> None:
+    from envs.collect import CollectConfig, collect
+    from policy.playground.dataset import DatasetBrowser
+
+    store = tmp_path / "data"
+    collect(CollectConfig(output=str(store), episodes=2, workers=1, image_size=64,
+                          progress=False))
+    browser = DatasetBrowser(store, checkpoint)
+    rows = browser.rows()
+    assert len(rows) == 2 and rows[0][1] == "pick" and browser.note == ""
+    first = browser.open(1)
+    assert first.step == 0 and first.label is not None and first.insight is not None
+    last = browser.seek(10_000)  # clamped to the episode's last stored step
+    assert last.step == len(browser) - 1 and last.ended_by
+    view = browser.seek(2)
+    policy = browser.policy
+    expected = policy.action_tokenizer.encode(torch.as_tensor(view.label)).numpy()
+    np.testing.assert_array_equal(view.label_bins, expected)
+    with pytest.raises(ValueError, match="episode 5; expected 0..1"):
+        browser.open(5)
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        DatasetBrowser(tmp_path / "nowhere")
+    browser.close()
