@@ -1,8 +1,9 @@
 """The zero-shot splits (docs/CONTRACTS.md, "The map"): what content each split may draw.
 
-This module is the one source of truth for split content; conf/split/<name>.yaml only
-selects a split by name and may carry `overrides` (the same keys as `SplitConfig`'s
-fields), so envs work without hydra and the YAML never drifts from the code.
+This module is the one source of truth for split content, so envs work without hydra: a
+config names a split (`collect.split`, `eval.splits`) and may change its fields with
+`split_overrides` (the keys of `SplitConfig`, e.g. {distractors: [1, 3]} or
+{object_set: path/to/objects.yaml}).
 
 Training uses only `seen`. Each held-out split changes one thing and draws that thing from
 content `seen` never uses (tests/envs/test_splits.py proves the sets are disjoint):

@@ -4,14 +4,22 @@ Training composes one of these (`eval: quick`) for in-training evaluation and ca
 `cfg.run(policy, out_dir)`; scripts/evaluate.py composes `eval: default` and calls
 `cfg.run(checkpoint, out_dir)`. Plain values only, validated on construction, so a typo in a
 config fails when the config is built, not after the first hundred episodes.
+
+The dataclass holds every default. Importing this module stores them in hydra's ConfigStore
+as the node `eval/base`, on which conf/eval/default.yaml builds: the YAML files hold only
+`_target_` and what an option changes, and a command-line override such as
+`eval.episodes=20` still finds its key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from hydra.core.config_store import ConfigStore
 
 from envs.spec import EVAL_SEED_START
 from policy.evaluation.actors import BASELINES
@@ -77,15 +85,17 @@ class EvalConfig:
                            self.split_overrides)
 
     def run(self, policy: Any, out_dir: str | Path | None, **overrides: Any) -> EvalReport:
-        """`evaluate(policy, ...)` with these settings; keyword overrides win (e.g.
-        `workers=0` from training, `progress=False`)."""
-        kwargs: dict[str, Any] = dict(
-            tasks=self.tasks, splits=self.splits, episodes=self.episodes,
-            seed_start=EVAL_SEED_START if self.seed_start is None else self.seed_start,
-            workers=self.workers, out_dir=out_dir, videos_per_split=self.videos_per_split,
-            baselines=self.baselines, env=self.env, shard_index=self.shard_index,
-            num_shards=self.num_shards, policy_name=self.policy_name, progress=self.progress,
-            plot=self.plot, fps=self.fps,
-        )
-        kwargs.update(overrides)
-        return evaluate(policy, **kwargs)
+        """`evaluate(policy, self, out_dir)`; keyword overrides of fields win (e.g.
+        `progress=False` from training), checked as the fields are."""
+        config = dataclasses.replace(self, **overrides) if overrides else self
+        return evaluate(policy, config, out_dir)
+
+
+def register_configs() -> None:
+    """Store EvalConfig's defaults as the hydra node `eval/base` (see the module docstring)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(EvalConfig)}
+    node = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
+    ConfigStore.instance().store(group="eval", name="base", node=node)
+
+
+register_configs()

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from envs.spec import EVAL_SEED_START
 from policy.checkpoint_hash import checkpoint_sha256
@@ -31,6 +31,9 @@ from policy.evaluation.episodes import plan_episodes, shard
 from policy.evaluation.pool import EpisodePool, EpisodeRunner, WorkerSetup, load_policy
 from policy.evaluation.report import write_report
 from policy.evaluation.results import EpisodeResult, EvalReport, VideoRecord
+
+if TYPE_CHECKING:
+    from policy.evaluation.config import EvalConfig
 
 
 @dataclass(frozen=True)
@@ -125,41 +128,24 @@ def select_videos(rows: Sequence[EpisodeResult], policy: str, per_split: int,
     return chosen
 
 
-def evaluate(
-    policy_factory: Any,
-    tasks: Sequence[str] | str | None = None,
-    splits: Sequence[str] | None = None,
-    episodes: int = 10,
-    seed_start: int = EVAL_SEED_START,
-    workers: int = 0,
-    out_dir: str | Path | None = None,
-    videos_per_split: int = 0,
-    baselines: Sequence[str] = ("oracle", "random"),
-    env: EnvSettings | None = None,
-    shard_index: int = 0,
-    num_shards: int = 1,
-    policy_name: str | None = None,
-    progress: bool = True,
-    plot: bool = True,
-    fps: int = 10,
-) -> EvalReport:
+def evaluate(policy_factory: Any, config: EvalConfig, out_dir: str | Path | None = None
+             ) -> EvalReport:
     """Evaluate a policy and baselines on every task x split; write the report to `out_dir`.
 
     `policy_factory`: a checkpoint directory (str or Path), a policy object (e.g. the model
-    being trained), or None for baselines only. `tasks`: None for every task, or "trained"
-    for the tasks in the checkpoint's training data. `episodes`: per (task, split).
-    `workers=0` runs in this process. `out_dir=None` writes nothing (videos are then skipped).
+    being trained), or None for baselines only. `config` says which episodes and how (its
+    dataclass holds every default; `EvalConfig(...).run(policy, out_dir)` is the short
+    form). `out_dir=None` writes nothing (videos are then skipped).
     """
     import envs
 
     t0 = time.perf_counter()
-    splits = list(splits) if splits else list(envs.SPLITS)
-    bad = [b for b in baselines if b not in BASELINES]
-    if bad:
-        raise ValueError(f"unknown baseline(s) {bad}; expected some of {list(BASELINES)}")
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0; got {workers}")
-    settings = env or EnvSettings()
+    tasks, episodes, workers = config.tasks, config.episodes, config.workers
+    baselines, policy_name, progress = config.baselines, config.policy_name, config.progress
+    shard_index, num_shards = config.shard_index, config.num_shards
+    splits = list(config.splits) if config.splits else list(envs.SPLITS)
+    seed_start = EVAL_SEED_START if config.seed_start is None else config.seed_start
+    settings = config.env
 
     checkpoint: str | None = None
     policy_obj: Any = None
@@ -207,7 +193,7 @@ def evaluate(
             tmp_ckpt = str(tmp / "policy")
         setup = WorkerSetup(checkpoint=tmp_ckpt if policy_obj is not None else None,
                             policy_name=name or "", env_kwargs=env_kwargs,
-                            out_dir=str(out) if out else ".", fps=fps)
+                            out_dir=str(out) if out else ".", fps=config.fps)
         local = EpisodeRunner(setup, policy=policy_obj)
         stack.callback(local.close)
         # Fail fast, before any worker spawns, on a checkpoint that does not fit the env;
@@ -236,8 +222,8 @@ def evaluate(
                 f"{len(report.errors)} of {len(report.rows)} episodes could not be built by the "
                 f"env and are left out of the aggregates (listed in report.md); first: "
                 f"{first.task}/{first.split} seed {first.seed}: {first.error}", stacklevel=2)
-        if out is not None and videos_per_split > 0 and report.rows:
-            picks = select_videos(report.rows, policies[0], videos_per_split, splits)
+        if out is not None and config.videos_per_split > 0 and report.rows:
+            picks = select_videos(report.rows, policies[0], config.videos_per_split, splits)
             replays = run.map([(r.key, True) for r in picks], progress, "videos")
             for want, (got, path) in zip(picks, replays, strict=True):
                 if got != want:
@@ -263,7 +249,7 @@ def evaluate(
         "env_steps_per_s": round(steps / max(t2 - t1, 1e-9), 2),
     }
     if out is not None:
-        write_report(report, out, plot=plot)
+        write_report(report, out, plot=config.plot)
     return report
 
 

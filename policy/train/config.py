@@ -3,9 +3,10 @@
 `conf/train.yaml` starts its defaults list with the `train_schema` node stored here, so every
 group file (data/, optim/, train/, logger/) is merged onto a typed dataclass: a misspelt
 key or a value of the wrong type fails when hydra composes the config, with hydra's own
-message, not an hour into a run. The `policy` and `eval` groups belong to other
-modules and carry their own `_target_`, so they are typed `Any` here and validated when
-they are instantiated at start-up.
+message, not an hour into a run. The dataclasses hold every default; a group file holds only
+what its option changes (conf/train/tiny.yaml, conf/logger/jsonl.yaml). The `policy` and
+`eval` groups belong to other modules and carry their own `_target_`, so they are typed
+`Any` here and validated when they are instantiated at start-up.
 """
 
 from __future__ import annotations
@@ -24,11 +25,17 @@ OPTIMIZER_IMPLS = ("for", "foreach", "fused")
 class DataConfig:
     """Where the episodes are and how a training sample is cut from them."""
 
-    path: str = MISSING  # an episode store directory (envs/store/), relative to the cwd
-    history: int = 1  # frames per sample; must match what the policy reads
-    in_memory: bool = True  # the prototype: loading from RAM was 2% of a step
+    # an episode store directory (envs/store/), relative to the launch directory:
+    # scripts/collect.py's default output
+    path: str = "data/demos"
+    history: int = 1  # frames per sample; conf/data/default.yaml follows ${policy.history}
+    # read the store into RAM once (loading was 0.1-1.5% of a step:
+    # docs/experiments/2026-11-28-training-runs.md)
+    in_memory: bool = True
     tasks: Optional[list[str]] = None  # noqa: UP045 (OmegaConf 2.3 needs typing.Optional)
-    num_workers: int = 0  # DataLoader worker processes (one torch thread each)
+    # DataLoader worker processes (one torch thread each); in-memory indexing is cheap
+    # enough in-process
+    num_workers: int = 0
 
     def __post_init__(self) -> None:
         if self.history < 1:
@@ -41,8 +48,10 @@ class DataConfig:
 class OptimConfig:
     """AdamW with linear warm-up then cosine decay, and gradient-norm clipping."""
 
-    lr: float = 3e-4  # the prototype: AdamW 3e-4 learned pick in 10 CPU-minutes
-    weight_decay: float = 0.01
+    # the prototype learned pick in ~10 CPU-minutes with batch 64
+    # (docs/experiments/2026-11-28-prototype.md)
+    lr: float = 3e-4
+    weight_decay: float = 0.01  # matrices only; biases and norm gains are not decayed
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     warmup_steps: int = 100
@@ -70,12 +79,12 @@ class OptimConfig:
 class ScheduleConfig:
     """How long to train, how often to log, evaluate and checkpoint, and from where."""
 
-    steps: int = 3000  # optimizer steps; also the horizon of the cosine schedule
+    steps: int = 10000  # optimizer steps; also the horizon of the cosine schedule
     batch_size: int = 64  # global batch: split evenly over DDP ranks
     seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 500
-    eval_every: int = 0  # 0: no in-training evaluation; else also forces a checkpoint
+    log_every: int = 20
+    checkpoint_every: int = 1000
+    eval_every: int = 1000  # 0: no in-training evaluation; else also forces a checkpoint
     keep_last: int = 2  # older checkpoints are deleted, except the best one
     # null: start fresh; "true": continue the newest run with the same `name`;
     # a path: a run directory or one checkpoint directory to continue from
@@ -134,5 +143,9 @@ class TrainRunConfig:
 
 
 def register_configs() -> None:
-    """Store the schema as `train_schema` so that conf/train.yaml can build on it."""
+    """Store the schema as `train_schema` so that conf/train.yaml can build on it, and the
+    evaluation defaults (`eval/base`) that its `eval` group builds on."""
+    from policy.evaluation.config import register_configs as register_eval_configs
+
     ConfigStore.instance().store(name="train_schema", node=TrainRunConfig)
+    register_eval_configs()

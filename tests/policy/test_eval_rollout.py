@@ -25,7 +25,7 @@ import envs
 from envs.spec import DEFAULT_ACTION_SPEC, EVAL_SEED_START
 from policy import Policy, make_policy
 from policy.checkpoint_hash import checkpoint_sha256
-from policy.evaluation import EnvSettings, EvalReport, evaluate, log_report
+from policy.evaluation import EvalConfig, EvalReport, log_report
 from policy.evaluation.cli import merge_dirs
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -61,7 +61,7 @@ WILSON_OF_2 = {0: (0.0, 0.6576), 1: (0.0945, 0.9055), 2: (0.3424, 1.0)}
 @pytest.fixture(scope="module")
 def report_dir(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report")
-    evaluate(str(checkpoint), out_dir=out, **SMALL)
+    EvalConfig(**SMALL).run(str(checkpoint), out)
     return out
 
 
@@ -120,8 +120,8 @@ def test_report_of_a_tiny_checkpoint_has_every_field(report_dir: Path, checkpoin
 
 def test_oracle_succeeds_on_the_seen_split(tmp_path: Path):
     # 3 episodes x every task, render-free (the oracle never looks at pixels).
-    report = evaluate(None, splits=["seen"], episodes=3, workers=0, baselines=["oracle"],
-                      out_dir=None, progress=False, env=EnvSettings(image_size=IMAGE_SIZE))
+    report = EvalConfig(splits=["seen"], episodes=3, workers=0, baselines=["oracle"],
+                        progress=False, image_size=IMAGE_SIZE).run(None, None)
     oracle = report.aggregate("oracle", split="seen")
     assert oracle.episodes == 3 * len(envs.TASKS)
     assert oracle.success_rate >= 0.95, [r for r in report.rows if not r.success]
@@ -136,22 +136,22 @@ def test_same_checkpoint_and_seeds_give_the_same_eval_info_with_any_worker_count
     writes the same eval_info.json as the in-process run. Fails when a worker evaluates
     other weights than the parent's (checked with spawned workers perturbing the weights
     they load)."""
-    evaluate(str(checkpoint), out_dir=tmp_path, **{**SMALL, "workers": 2})
+    EvalConfig(**{**SMALL, "workers": 2}).run(str(checkpoint), tmp_path)
     assert (tmp_path / "eval_info.json").read_bytes() == (
         report_dir / "eval_info.json").read_bytes()
 
 
 def test_tasks_trained_evaluates_only_the_checkpoints_training_tasks(checkpoint: Path):
     # the tiny checkpoint's env.json is the describe() of a "pick" env
-    report = evaluate(str(checkpoint), tasks="trained", splits=["seen"], episodes=1,
-                      baselines=["noop"], out_dir=None, progress=False)
+    report = EvalConfig(tasks="trained", splits=["seen"], episodes=1, workers=0,
+                        baselines=["noop"], progress=False).run(str(checkpoint), None)
     assert {r.task for r in report.rows} == {"pick"} and report.meta["tasks"] == ["pick"]
 
 
 def test_a_checkpoint_that_does_not_fit_the_env_is_refused(checkpoint: Path, tmp_path: Path):
     with pytest.raises(ValueError, match=r"refusing to evaluate.*image shape.*64.*96"):
-        evaluate(str(checkpoint), tasks=["pick"], splits=["seen"], episodes=1,
-                 env=EnvSettings(image_size=96), out_dir=tmp_path, progress=False)
+        EvalConfig(tasks=["pick"], splits=["seen"], episodes=1, workers=0, videos_per_split=0,
+                   image_size=96, progress=False).run(str(checkpoint), tmp_path)
     assert not (tmp_path / "eval_info.json").exists()
 
 
@@ -170,8 +170,8 @@ def test_a_checkpoint_from_another_camera_or_renderer_is_refused(
     env_info["camera"][key] = value
     (other / "env.json").write_text(json.dumps(env_info))
     with pytest.raises(ValueError, match=f"refusing to evaluate.*{named}.*{value}"):
-        evaluate(str(other), tasks=["pick"], splits=["seen"], episodes=1, out_dir=None,
-                 progress=False)
+        EvalConfig(tasks=["pick"], splits=["seen"], episodes=1, workers=0,
+                   progress=False).run(str(other), None)
 
 
 def test_hydra_shards_merge_into_the_unsharded_report(tmp_path: Path):
@@ -201,9 +201,9 @@ def test_in_training_evaluation_of_a_live_policy_logs_to_tensorboard(tmp_path: P
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # as a training process might; evaluation runs on 1, then restores
     try:
-        report = evaluate(policy, tasks=["pick"], splits=["seen"], episodes=1, workers=0,
-                          baselines=[], videos_per_split=1, out_dir=tmp_path / "eval",
-                          progress=False, plot=False)
+        report = EvalConfig(tasks=["pick"], splits=["seen"], episodes=1, workers=0,
+                            baselines=[], videos_per_split=1, progress=False,
+                            plot=False).run(policy, tmp_path / "eval")
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
