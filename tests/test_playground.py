@@ -6,6 +6,9 @@ The page itself is driven in a real browser by tests/test_playground_browser.py.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from policy.playground.introspect import StepInsight
 from policy.playground.session import (
     ORACLE,
     POLICY,
+    SECOND,
     PlaySession,
     check_instruction,
     load_checkpoint,
@@ -86,6 +90,33 @@ def test_switching_actor_replays_the_same_scene(session: PlaySession) -> None:
     assert oracle_view.success and oracle_view.ended_by == "terminate"
     assert oracle_view.insight is None  # the oracle has no distributions
     assert session.step() is oracle_view  # a finished episode stays finished
+
+
+def test_a_second_checkpoint_acts_on_the_same_seed_with_its_own_history(checkpoint) -> None:
+    # The same checkpoint twice: one set of weights, two sessions whose histories are apart,
+    # so the second acts exactly as the first on the same seed and instruction.
+    session = PlaySession({POLICY: checkpoint, SECOND: checkpoint})
+    try:
+        session.reset("pick", "seen", SEED)
+        first = [session.step().action for _ in range(3)]
+        session.reset("pick", "seen", SEED, actor=SECOND)
+        second = [session.step().action for _ in range(3)]
+        np.testing.assert_array_equal(np.stack(first), np.stack(second))
+        assert session.label(SECOND).startswith("second: rt1 rt1_full")
+        assert session._policies[POLICY] is not session._policies[SECOND]
+    finally:
+        session.close()
+
+
+def test_the_script_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
+    root = REFERENCE.parents[2]
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+    result = subprocess.run(
+        [sys.executable, "scripts/play.py", f"checkpoint={REFERENCE}", "server.host=0.0.0.0",
+         f"hydra.run.dir={tmp_path}"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "refusing to listen on non-loopback host '0.0.0.0' without a token" in result.stderr
 
 
 def test_the_episode_video_has_every_frame(session: PlaySession) -> None:

@@ -24,7 +24,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio i
 import gradio as gr  # noqa: E402
 
 from envs.camera import CameraConfig
-from envs.spec import EVAL_SEED_START
+from envs.spec import DEFAULT_ACTION_SPEC, EVAL_SEED_START
 from policy.playground.config import PlayServerConfig
 from policy.playground.dataset import EPISODE_COLUMNS, DatasetBrowser
 from policy.playground.session import (
@@ -110,9 +110,16 @@ class Playground:
 # ----------------------------------------------------------------------------- pictures
 
 
+def names_of(view: StepView) -> tuple[str, ...]:
+    """The action dimensions' names (the env's action spec when the actor has no insight)."""
+    return view.insight.names if view.insight is not None else tuple(DEFAULT_ACTION_SPEC.names)
+
+
 def status_text(view: StepView, who: str) -> str:
     """The step counter and the signals of the last action, as markdown."""
-    if view.done:
+    if view.label is not None:  # a stored episode: its outcome is known from the start
+        outcome = f"stored outcome: {'success' if view.success else 'failure'}"
+    elif view.done:
         outcome = f"**{'success' if view.success else 'failure'}** ({view.ended_by})"
     else:
         outcome = "success so far" if view.success else "running"
@@ -121,16 +128,17 @@ def status_text(view: StepView, who: str) -> str:
              + (f" · milestone: {view.milestone}" if view.milestone else ""),
              f"instruction: *{view.instruction}*"]
     if view.action is not None:
-        names = (view.insight.names if view.insight is not None
-                 else ("terminate", "x", "y", "z", "roll", "pitch", "yaw", "gripper"))
-        a = dict(zip(names, view.action.tolist(), strict=False))
+        a = dict(zip(names_of(view), view.action.tolist(), strict=False))
         gripper = a.get("gripper", 0.0)
         terminate = a.get("terminate", -1.0)
         lines.append(f"gripper: **{'close' if gripper > 0 else 'open'}** ({gripper:+.2f}) · "
                      f"terminate: **{'yes' if terminate > 0 else 'no'}** ({terminate:+.2f}) · "
                      f"acting took {view.act_ms:.1f} ms")
     if view.label is not None:
-        lines.append("green: the stored label; red: the checkpoint's choice on this frame")
+        a = dict(zip(names_of(view), view.label.tolist(), strict=False))
+        lines.append(f"stored label: gripper {'close' if a.get('gripper', 0) > 0 else 'open'}, "
+                     f"terminate {'yes' if a.get('terminate', -1) > 0 else 'no'} · green: the "
+                     "stored label's bin; red: the checkpoint's choice on this frame")
     return "\n\n".join(lines)
 
 

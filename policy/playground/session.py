@@ -141,7 +141,10 @@ class PlaySession:
     # -- actors and envs -----------------------------------------------------------------
 
     def label(self, actor: str) -> str:
-        return "scripted oracle" if actor == ORACLE else self.checkpoints[actor].label
+        if actor == ORACLE:
+            return "scripted oracle"
+        prefix = "second: " if actor == SECOND else ""
+        return prefix + self.checkpoints[actor].label
 
     def _policy(self, actor: str) -> Any:
         if actor not in self._policies:
