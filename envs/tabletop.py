@@ -141,7 +141,6 @@ class TabletopEnv(gym.Env):
         self.robot: Panda | None = None
         self._empty_state: int | None = None
         self.lighting = Lighting()
-        self.instruction = ""
         self.steps = 0
         self._obs: dict[str, Any] | None = None
 
@@ -155,15 +154,7 @@ class TabletopEnv(gym.Env):
         start = START_EE + rng.uniform(-0.03, 0.03, size=3)
         self.robot.reset(start, yaw=float(rng.uniform(-0.3, 0.3)))
         self._draw_appearance()
-        fields = self.task.sample(self)
-        templates = self.task.templates_for(self)
-        template = templates[int(rng.integers(len(templates)))]
-        try:
-            self.instruction = template.format(**fields)
-        except KeyError as err:
-            raise ValueError(f"instruction template {template!r} uses field {err} but task "
-                             f"{self.task_name!r} offers {sorted(fields)}") from None
-        self.task.instruction = self.instruction
+        self.task.reset(self)  # the scene and the instruction
         # Let objects settle (meshes rest on AABB corners) before the first frame.
         for _ in range(SUBSTEPS):
             p.stepSimulation(physicsClientId=self.client)
@@ -205,6 +196,11 @@ class TabletopEnv(gym.Env):
             self.client = -1
 
     # ---- robotok API ----------------------------------------------------------------
+    @property
+    def instruction(self) -> str:
+        """This episode's instruction: the task formats it in `Task.reset` ("" before)."""
+        return self.task.instruction
+
     def oracle_action(self) -> np.ndarray:
         """The oracle's clean intended action for the current state, float32 (8,)."""
         if self.robot is None:

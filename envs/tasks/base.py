@@ -77,6 +77,27 @@ class Task:
         self.objects: list[SpawnedObject] = []
         self.instruction = ""
 
+    def reset(self, env: TabletopEnv) -> str:
+        """Start an episode: spawn the scene (`sample`), then choose one of this split's
+        templates with the env's generator and fill it in. Returns the instruction, which
+        the task keeps in `self.instruction` (CLIPort formats its goal in the task too)."""
+        fields = self.sample(env)
+        templates = self.templates_for(env)
+        template = templates[int(env.np_random.integers(len(templates)))]
+        try:
+            self.instruction = template.format(**fields)
+        except KeyError as err:
+            raise ValueError(f"instruction template {template!r} uses field {err} but task "
+                             f"{self.name!r} offers {sorted(fields)}") from None
+        return self.instruction
+
+    def templates_for(self, env: TabletopEnv) -> tuple[str, ...]:
+        """The templates this episode draws from: the split's own, if it sets any, else the
+        held-out paraphrases (unseen_instruction) or the seen ones."""
+        if env.split.templates:
+            return env.split.templates
+        return self.held_out_templates if env.split.instructions == "held_out" else self.templates
+
     # ---- hooks ----------------------------------------------------------------------
     def sample(self, env: TabletopEnv) -> dict[str, str]:
         """Spawn the scene and return the template fields (e.g. {"obj": "red cube"})."""
@@ -266,8 +287,3 @@ class Task:
         ee = env.robot.ee_position()
         goal = np.array([ee[0], ee[1], ee[2] + 0.05])
         return self.action(self.move_units(ee, goal, 0.5), close=False)
-
-    def templates_for(self, env: TabletopEnv) -> tuple[str, ...]:
-        if env.split.templates:
-            return env.split.templates
-        return self.held_out_templates if env.split.instructions == "held_out" else self.templates

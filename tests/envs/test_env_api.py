@@ -110,3 +110,17 @@ def test_oracle_labels_in_bounds_and_closed_loop() -> None:
             break
     assert info["is_success"]
     env.close()
+
+
+def test_the_task_formats_the_instruction_the_observation_carries() -> None:
+    env = envs.make_env("pick", skip_render=True,
+                        split_overrides={"templates": ["fetch the {obj} now"]})
+    obs, _ = env.reset(seed=4)
+    assert obs[INSTRUCTION] == env.task.instruction == env.instruction
+    assert obs[INSTRUCTION].startswith("fetch the ") and obs[INSTRUCTION].endswith(" now")
+    bad = envs.make_env("pick", skip_render=True,
+                        split_overrides={"templates": ["fetch the {colour} block"]})
+    with pytest.raises(ValueError, match=r"uses field 'colour' but task 'pick' offers \['obj'\]"):
+        bad.reset(seed=4)
+    env.close()
+    bad.close()
