@@ -36,7 +36,7 @@ def _as_tensor(x: torch.Tensor | np.ndarray, like: torch.Tensor) -> torch.Tensor
 class UniformActionTokenizer(nn.Module):
     """Clip each dimension to [low, high] and cut it into ``bins`` uniform bins (RT-1)."""
 
-    def __init__(self, low: np.ndarray, high: np.ndarray, bins: int = 256) -> None:
+    def __init__(self, *, low: np.ndarray, high: np.ndarray, bins: int = 256) -> None:
         super().__init__()
         low = np.asarray(low, dtype=np.float32)
         high = np.asarray(high, dtype=np.float32)
@@ -70,7 +70,7 @@ class UniformActionTokenizer(nn.Module):
             high = np.where(ok, np.minimum(p99, high), high)
         elif bounds != "spec":
             raise ValueError(f"action bounds {bounds!r}; expected 'spec' or 'data'")
-        return cls(low, high, bins)
+        return cls(low=low, high=high, bins=bins)
 
     @property
     def dims(self) -> int:
@@ -102,8 +102,8 @@ def inverse_mu_law(y: torch.Tensor, mu: float = 100.0, m: float = 256.0) -> torc
 class MuLawActionTokenizer(nn.Module):
     """Clip to the spec bounds, mu-law compand into [-1, 1], cut into ``bins`` bins (Gato)."""
 
-    def __init__(self, low: np.ndarray, high: np.ndarray, bins: int = 1024, mu: float = 100.0,
-                 m: float = 256.0) -> None:
+    def __init__(self, *, low: np.ndarray, high: np.ndarray, bins: int = 1024,
+                 mu: float = 100.0, m: float = 256.0) -> None:
         super().__init__()
         low = np.asarray(low, dtype=np.float32)
         high = np.asarray(high, dtype=np.float32)
@@ -118,7 +118,7 @@ class MuLawActionTokenizer(nn.Module):
     @classmethod
     def from_spec(cls, spec: ActionSpec, bins: int = 1024, mu: float = 100.0,
                   m: float = 256.0) -> MuLawActionTokenizer:
-        return cls(spec.low, spec.high, bins, mu, m)
+        return cls(low=spec.low, high=spec.high, bins=bins, mu=mu, m=m)
 
     @property
     def dims(self) -> int:

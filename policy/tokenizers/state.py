@@ -1,4 +1,4 @@
-"""The proprioceptive state token: normalise with the data's mean/std, project to d.
+"""The proprioceptive state token: normalize with the data's mean/std, project to d.
 
 One end-effector-state token per frame helped the prototype (the fixed front camera gives a
 weak height cue; the state carries it exactly): docs/experiments/2026-11-28-prototype.md.
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 # A state dimension that never varies in the data (std ~ 0) would blow up on the smallest
-# deviation at test time; its std is floored, and normalised values are clipped.
+# deviation at test time; its std is floored, and normalized values are clipped.
 _MIN_STD = 1e-2
 _CLIP = 10.0
 

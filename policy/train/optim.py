@@ -2,7 +2,7 @@
 
 Weight decay is applied to matrices and convolution kernels only; biases, norm gains and
 embeddings of size-1 dimensions are left undecayed, as in nanoGPT and most transformer
-recipes (decaying a LayerNorm gain towards zero only fights the normalisation).
+recipes (decaying a LayerNorm gain towards zero only fights the normalization).
 """
 
 from __future__ import annotations

@@ -273,7 +273,7 @@ def test_load_backbone_from_safetensors_with_a_prefix(tmp_path) -> None:
 # ------------------------------------------------------------------------------ state
 
 
-def test_state_tokenizer_normalises_with_stats_and_floors_constant_dims() -> None:
+def test_state_tokenizer_normalizes_with_stats_and_floors_constant_dims() -> None:
     mean = np.arange(8, dtype=np.float32)
     std = np.array([2.0] * 7 + [0.0], dtype=np.float32)  # the last dim never varied
     tok = StateTokenizer(8, 16, {"state": {"mean": mean, "std": std}})
