@@ -22,6 +22,7 @@ from policy.playground.config import PlayServerConfig
 @hydra.main(config_path="../conf", config_name="play", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger().setLevel(cfg.log_level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio polls its own server
     # Refuse a bad address (or a missing token) before the slow model load.
     server: PlayServerConfig = instantiate(cfg.server)
     try:
@@ -40,13 +41,16 @@ def main(cfg: DictConfig) -> None:
                       view=instantiate(cfg.view), dataset=cfg.dataset,
                       max_sessions=server.max_sessions)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # closes like Ctrl-C
+    app = None
     try:
-        _, url = launch(play, server, block=False)
+        app, url = launch(play, server)
         print(f"robotok playground on {url}", flush=True)
         signal.pause()
     except KeyboardInterrupt:
         pass
     finally:
+        if app is not None:
+            app.close()
         play.close_all()
 
 

@@ -119,6 +119,38 @@ def test_the_script_refuses_a_public_address_without_a_token(tmp_path: Path) -> 
     assert "refusing to listen on non-loopback host '0.0.0.0' without a token" in result.stderr
 
 
+def test_the_page_asks_for_the_token_when_one_is_set(checkpoint) -> None:
+    pytest.importorskip("gradio", reason='needs the "play" extra: pip install -e ".[play]"')
+    import http.cookiejar
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from policy.playground.app import Playground, launch
+
+    app, url = launch(Playground({POLICY: checkpoint}), PlayServerConfig(port=0, token="s3cret"))
+
+    def status(opener: urllib.request.OpenerDirector, path: str, data: bytes | None = None
+               ) -> int:
+        try:
+            with opener.open(url + path, data=data, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    try:
+        anonymous = urllib.request.build_opener()
+        assert status(anonymous, "config") == 401
+        for password, code in (("wrong", 400), ("s3cret", 200)):
+            browser = urllib.request.build_opener(
+                urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+            login = urllib.parse.urlencode({"username": "anyone", "password": password})
+            assert status(browser, "login", login.encode()) == code
+            assert status(browser, "config") == (200 if code == 200 else 401)
+    finally:
+        app.close()
+
+
 def test_the_episode_video_has_every_frame(session: PlaySession) -> None:
     import imageio.v2 as imageio
 

@@ -64,7 +64,7 @@ def page() -> Iterator[tuple[Any, str]]:
 
     play = Playground({POLICY: load_checkpoint(REFERENCE, torch_threads=1)}, seed=SEED,
                       max_sessions=2)
-    app, url = launch(play, PlayServerConfig(port=0, token=""), block=False)
+    app, url = launch(play, PlayServerConfig(port=0, token=""))
     yield play, url
     app.close()
     play.close_all()

@@ -397,8 +397,9 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def launch(play: Playground, server: PlayServerConfig, block: bool = True) -> tuple[Any, str]:
-    """Serve the page; returns (app, url). `block=False` returns once listening (tests)."""
+def launch(play: Playground, server: PlayServerConfig) -> tuple[Any, str]:
+    """Serve the page from background threads; returns (app, url) once it listens.
+    `app.close()` stops it."""
     app = build_app(play)
     token = server.token
     auth = None
@@ -410,9 +411,8 @@ def launch(play: Playground, server: PlayServerConfig, block: bool = True) -> tu
     app.queue(default_concurrency_limit=server.max_sessions)
     _, url, _ = app.launch(
         server_name=server.host, server_port=port, share=False, inbrowser=False,
-        prevent_thread_lock=not block, auth=auth,
+        prevent_thread_lock=True, auth=auth,
         auth_message="robotok playground: any user name, the play token as password",
         ssr_mode=False, mcp_server=False, pwa=False, quiet=True, show_error=True,
         footer_links=[], allowed_paths=[], favicon_path=None)
     return app, url or f"http://{server.host}:{port}/"
-
