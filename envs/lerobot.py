@@ -367,12 +367,19 @@ def _dir_bytes(path: Path) -> int:
 
 
 def _git_revision() -> str | None:
+    """The checkout's short revision, "-dirty" when envs/, policy/ or conf/ have local edits;
+    None outside a git checkout (an installed package)."""
+    root = Path(__file__).resolve().parents[1]
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, cwd=Path(__file__).resolve().parents[1], timeout=10)
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=root, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "envs", "policy", "conf"],
+                               capture_output=True, text=True, cwd=root, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    if head.returncode != 0 or not head.stdout.strip():
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def _robotok_version() -> str:
@@ -546,27 +553,46 @@ def _write_tasks(root: Path, tasks: list[str]) -> None:
     pq.write_table(table, root / TASKS_PATH)
 
 
+# Collection settings that decide which episodes a rerun of scripts/collect.py records.
+COLLECT_KEYS: tuple[str, ...] = (
+    "tasks", "split", "split_overrides", "episodes", "workers", "seed_start", "max_steps",
+    "noise_std", "noise_dims", "keep_failures", "max_attempts_factor",
+)
+
+
+def _override(value: Any) -> str:
+    """A value as hydra's override grammar writes it: [a,b], {k: v}, true, null."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_override(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _quote(arg: str) -> str:
+    return f"'{arg}'" if any(c in arg for c in "[]{} ") else arg
+
+
 def dataset_card(info: dict[str, Any], cfg: ExportConfig, store: EpisodeStore) -> str:
     """README.md of the dataset: what it holds, robotok's version, splits, how to regenerate."""
     rb = info["robotok"]
     collection = rb["store_info"].get("collection") or {}
-    collect_cmd = "python scripts/collect.py output=data/demos"
+    collect_args = [f"collect.{k}={_override(collection[k])}" for k in COLLECT_KEYS
+                    if k in collection and collection[k] is not None]
     if collection:
-        tasks = ",".join(collection.get("tasks", []))
-        collect_cmd += (f" 'collect.tasks=[{tasks}]' collect.episodes={collection.get('episodes')}"
-                        f" collect.split={collection.get('split')}"
-                        f" collect.image_size={collection.get('image_size')}"
-                        f" collect.wrist_camera={str(collection.get('wrist_camera')).lower()}"
-                        f" collect.seed_start={collection.get('seed_start')}"
-                        f" collect.noise_std={collection.get('noise_std')}")
-    export_cmd = "python scripts/export_dataset.py store=data/demos output=data/lerobot"
-    for key in ("tasks", "splits"):
-        if getattr(cfg, key):
-            export_cmd += f" 'export.{key}=[{','.join(getattr(cfg, key))}]'"
-    if cfg.episodes is not None:
-        export_cmd += f" export.episodes={cfg.episodes}"
-    if cfg.success_only:
-        export_cmd += " export.success_only=true"
+        collect_args += [f"env.image_size={collection.get('image_size')}",
+                         f"env.wrist_camera={_override(bool(collection.get('wrist_camera')))}"]
+    collect_cmd = " ".join(["python scripts/collect.py output=data/demos",
+                            *(_quote(a) for a in collect_args)])
+    export_args = [f"export.{k}={_override(getattr(cfg, k))}"
+                   for k in ("tasks", "splits", "episodes") if getattr(cfg, k) is not None]
+    export_args += ["export.success_only=true"] if cfg.success_only else []
+    export_cmd = " ".join(["python scripts/export_dataset.py store=data/demos "
+                           "output=data/lerobot", *(_quote(a) for a in export_args)])
     split_rows = "\n".join(
         f"| {name} | {desc} | {info['splits'].get(name, '-')} |"
         for name, desc in SPLIT_DESCRIPTIONS.items())
@@ -593,10 +619,10 @@ configs:
 # {cfg.repo_id}
 
 Simulated, language-annotated manipulation episodes from robotok (a PyBullet Panda at a
-table; scripted oracle demonstrations), in LeRobot's dataset format {CODEBASE_VERSION}.
-{info['total_episodes']} episodes, {info['total_frames']} frames at {info['fps']} fps (the control
-rate), {info['total_tasks']} distinct instructions. Each episode's task string is its
-natural-language instruction.
+table; scripted oracle demonstrations), in LeRobot's dataset format {CODEBASE_VERSION}:
+{info['total_episodes']} episodes, {info['total_frames']} frames at {info['fps']} fps (the
+control rate), {info['total_tasks']} distinct instructions. Each episode's task string is its
+instruction.
 
 - robotok version: {rb['version']} (git revision {revision})
 - robot type: {info['robot_type']}; renderer: {rb['store_info'].get('renderer', 'unknown')}
@@ -624,7 +650,8 @@ ranges below are this export's (`splits` in `meta/info.json`).
 
 ## How to regenerate
 
-From a robotok checkout at revision {revision}:
+From a robotok checkout at revision {revision} (the one that exported this dataset; the
+collection settings below come from the store's metadata):
 
 ```bash
 {collect_cmd}

@@ -152,8 +152,24 @@ def test_dataset_card_names_version_splits_and_commands(exported: Path) -> None:
     for split in ("seen", "unseen_combo", "unseen_object", "unseen_instruction",
                   "distractors", "backgrounds"):
         assert f"| {split} |" in card
-    assert "python scripts/collect.py" in card and "'collect.tasks=[pick,push]'" in card
-    assert "python scripts/export_dataset.py" in card
+    assert "'collect.tasks=[pick,push]'" in card and "env.wrist_camera=true" in card
+
+
+def test_dataset_card_commands_compose(exported: Path) -> None:
+    """The card's regenerate commands parse as overrides of the scripts' hydra configs."""
+    import shlex
+
+    from hydra import compose, initialize_config_dir
+
+    card = (exported / "README.md").read_text()
+    commands = {line.split()[1]: shlex.split(line)[2:] for line in card.splitlines()
+                if line.startswith("python scripts/")}
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        collect = compose("collect", overrides=commands["scripts/collect.py"])
+        export = compose("export_dataset", overrides=commands["scripts/export_dataset.py"])
+    assert collect.collect.tasks == ["pick", "push"] and collect.collect.episodes == 6
+    assert collect.env.wrist_camera is True and collect.collect.noise_std == 0.15
+    assert export.store == "data/demos"
 
 
 def test_selection_by_task_split_and_count(store: Path, tmp_path: Path) -> None:
