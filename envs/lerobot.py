@@ -760,7 +760,9 @@ def _check_layout(info: dict[str, Any], mapping: dict[str, str], spec: ActionSpe
             raise FeatureMapError(f"feature {name!r} has dtype {ft.get('dtype')!r}; expected "
                                   f"video or image for store key {key!r}")
         shape, names = list(ft["shape"]), _names(ft) or ["height", "width", "channels"]
-        dims = dict(zip(names, shape, strict=False))
+        # Some datasets say "channel"; both orders (HWC, CHW) occur.
+        dims = {("channels" if n == "channel" else n): d
+                for n, d in zip(names, shape, strict=False)}
         hwc = (dims.get("height"), dims.get("width"), dims.get("channels"))
         if None in hwc or hwc[2] != 3:
             raise FeatureMapError(f"feature {name!r} has shape {shape} names {names}; expected "

@@ -260,6 +260,38 @@ def test_import_maps_renamed_camera(exported: Path, tmp_path: Path) -> None:
     assert EpisodeStore(tmp_path / "b").num_episodes == len(EPISODES)
 
 
+def test_import_reads_image_features(exported: Path, tmp_path: Path) -> None:
+    """A camera stored as LeRobot `image` (PNG bytes in the parquet rows, channels first)
+    instead of video imports losslessly."""
+    import io
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    def as_image(info: dict) -> None:
+        info["features"]["observation.images.front"] = {
+            "dtype": "image", "shape": [3, H, W], "names": ["channel", "height", "width"]}
+
+    ds = edited_copy(exported, tmp_path / "ds", as_image)
+    shutil.rmtree(ds / "videos/observation.images.front")
+    pngs = []
+    for ep in EPISODES:
+        for frame in ep.image:
+            buf = io.BytesIO()
+            Image.fromarray(frame).save(buf, format="PNG")
+            pngs.append({"bytes": buf.getvalue(), "path": None})
+    path = ds / "data/chunk-000/file-000.parquet"
+    table = pq.read_table(path)
+    column = pa.array(pngs, type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    pq.write_table(table.append_column("observation.images.front", column), path)
+    import_lerobot(ImportConfig(source=str(ds), output=str(tmp_path / "out")))
+    back = EpisodeStore(tmp_path / "out")
+    for i, want in enumerate(EPISODES):
+        np.testing.assert_array_equal(back.episode(i).image, want.image)
+
+
 @pytest.mark.parametrize("edit, match", [
     (lambda i: i["features"]["action"].update(names=["x", "y", "z", "roll", "pitch", "yaw",
                                                      "gripper", "terminate"]),
