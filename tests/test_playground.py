@@ -64,6 +64,35 @@ def test_steps_show_the_policys_distributions_and_attention(session: PlaySession
     np.testing.assert_allclose(insight.attention.sum((1, 2)), 1.0, atol=1e-5)
 
 
+def test_gato_shows_its_1024_bin_distributions_and_no_attention(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    import envs
+    from envs.spec import DEFAULT_ACTION_SPEC
+    from policy.base import make_policy
+
+    with initialize_config_dir(config_dir=str(REFERENCE.parents[2] / "conf"),
+                               version_base="1.3"):
+        config = instantiate(compose(config_name="policy/gato_tiny").policy)
+    env = envs.make_env("pick", "seen", image_size=64, skip_render=True)
+    info = env.describe()
+    env.close()
+    make_policy(config, DEFAULT_ACTION_SPEC, info).save_pretrained(tmp_path / "gato")
+    session = PlaySession({POLICY: load_checkpoint(tmp_path / "gato", torch_threads=1)})
+    try:
+        session.reset("pick", "seen", SEED)
+        view = session.step()
+        insight = view.insight
+        assert insight is not None and insight.probs.shape == (8, 1024)
+        assert insight.attention is None  # no TokenLearner in Gato's patch tokenizer
+        policy = session._policies[POLICY]
+        decoded = policy.action_tokenizer.decode(torch.as_tensor(insight.bins)).numpy()
+        np.testing.assert_allclose(view.action, decoded, atol=1e-6)
+    finally:
+        session.close()
+
+
 def test_a_typed_instruction_reaches_the_policy(session: PlaySession) -> None:
     session.reset("pick", "seen", SEED)
     scene = session.scene_instruction
