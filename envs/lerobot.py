@@ -391,10 +391,21 @@ def _robotok_version() -> str:
         return "unknown"
 
 
-def _prepare_output(path: Path, overwrite: bool) -> Path:
-    """A fresh temporary folder beside `path`; renamed into place when complete."""
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"output {path} exists and is not empty; set overwrite=true")
+def _prepare_output(path: Path, overwrite: bool, source: Path, marker: str) -> Path:
+    """A fresh temporary folder beside `path`; renamed into place when complete.
+
+    overwrite replaces only what an earlier run wrote (a folder holding `marker`), and never
+    the source or a folder around or inside it.
+    """
+    out, src = path.resolve(), source.resolve()
+    if out == src or src in out.parents or out in src.parents:
+        raise ValueError(f"output {path} overlaps the source {source}; choose another folder")
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"output {path} exists and is not empty; set overwrite=true")
+        if not any(path.glob(marker)):
+            raise FileExistsError(f"output {path} is not an earlier output (no {marker}); "
+                                  "overwrite=true replaces only those")
     tmp = path.with_name(path.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -408,116 +419,142 @@ def _finish_output(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+@dataclass
+class _Written:
+    """What writing the episodes leaves for meta/: episode rows, tasks, stats inputs."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    tasks: dict[str, int] = field(default_factory=dict)  # instruction -> task_index
+    vectors: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    image_stats: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)
+    splits: dict[str, list[int]] = field(default_factory=dict)  # split -> [first, end)
+    frames: int = 0
+
+
+def _write_episodes(store: EpisodeStore, chosen: list[int], root: Path, schema: Any,
+                    fps: int, cfg: ExportConfig) -> _Written:
+    """data/ and videos/ for the chosen episodes, one episode at a time."""
+    pa = _require("pyarrow")
+    h, w, _ = store.image_shape
+    data = _RollingParquet(root, DATA_PATH, schema, cfg.data_files_size_in_mb, cfg.chunks_size)
+    videos = {k: _VideoWriter(root, FEATURE_NAMES[k], fps, h, w, cfg) for k in store.image_keys}
+    out = _Written(vectors={n: [] for n in schema.names},
+                   image_stats={k: [] for k in store.image_keys})
+    try:
+        for e, i in enumerate(chosen):
+            ep = store.episode(i)
+            n, start = len(ep), out.frames
+            cols: dict[str, np.ndarray] = {
+                FEATURE_NAMES["state"]: ep.state, FEATURE_NAMES["action"]: ep.action,
+                FEATURE_NAMES["executed_action"]: ep.executed_action,
+                "timestamp": (np.arange(n) / fps).astype(np.float32),
+                "frame_index": np.arange(n, dtype=np.int64),
+                "episode_index": np.full(n, e, dtype=np.int64),
+                "index": np.arange(start, start + n, dtype=np.int64),
+                "task_index": np.full(n, out.tasks.setdefault(ep.instruction, len(out.tasks)),
+                                      dtype=np.int64),
+            }
+            chunk, file = data.add({k: _arrow_column(pa, v, schema.field(k).type)
+                                    for k, v in cols.items()})
+            row: dict[str, Any] = {
+                "episode_index": e, "tasks": [ep.instruction], "length": n,
+                "data/chunk_index": chunk, "data/file_index": file,
+                "dataset_from_index": start, "dataset_to_index": start + n,
+            }
+            for key, frames in ep.images().items():
+                name = FEATURE_NAMES[key]
+                where = videos[key].add(frames)
+                row.update(zip([f"videos/{name}/{c}" for c in (
+                    "chunk_index", "file_index", "from_timestamp", "to_timestamp")], where,
+                    strict=True))
+                st = image_stats(frames)
+                out.image_stats[key].append(st)
+                row.update({f"stats/{name}/{k}": v.tolist() for k, v in st.items()})
+            for name, values in cols.items():
+                v2 = values.reshape(n, -1)
+                out.vectors[name].append(v2)
+                row.update({f"stats/{name}/{k}": v.tolist()
+                            for k, v in feature_stats(v2).items()})
+            # Episode facts LeRobot has no column for; the import reads them back.
+            row.update({"seed": ep.seed, "success": ep.success, "split": ep.split,
+                        "robotok_task": ep.task, "meta/episodes/chunk_index": 0,
+                        "meta/episodes/file_index": 0})
+            out.rows.append(row)
+            out.splits.setdefault(ep.split, [e, e])[1] = e + 1
+            out.frames += n
+        data.close()
+    finally:
+        for v in videos.values():
+            v.close()
+    return out
+
+
 def export_lerobot(cfg: ExportConfig) -> ExportReport:
-    """Write the selected episodes of `cfg.store` as a LeRobot v3 dataset at `cfg.output`."""
+    """Write the selected episodes of `cfg.store` as a LeRobot v3 dataset at `cfg.output`.
+
+    The dataset is built in `<output>.partial` and renamed into place when complete, so a
+    failed or killed export never leaves a half dataset under the output's name.
+    """
     pa = _require("pyarrow")
     pq = _require("pyarrow.parquet")
+    _require("av")
     t0 = time.perf_counter()
     store = EpisodeStore(cfg.store)
     chosen = select_episodes(store, cfg.tasks, cfg.splits, cfg.episodes, cfg.success_only)
     info_src = store.info
     spec = (ActionSpec.from_dict(info_src["action_spec"]) if "action_spec" in info_src
             else DEFAULT_ACTION_SPEC)
-    state_names = list(info_src.get("state_names", STATE_NAMES))
     fps = int(info_src.get("control_hz", CONTROL_HZ))
-    features = build_features(store, spec.names, state_names)
+    features = build_features(store, spec.names, list(info_src.get("state_names", STATE_NAMES)))
     schema = _arrow_schema(features)
     out = Path(cfg.output)
-    root = _prepare_output(out, cfg.overwrite)
-    h, w, _ = store.image_shape
-    data = _RollingParquet(root, DATA_PATH, schema, cfg.data_files_size_in_mb, cfg.chunks_size)
-    videos = {key: _VideoWriter(root, FEATURE_NAMES[key], fps, h, w, cfg)
-              for key in store.image_keys}
-    task_index: dict[str, int] = {}
-    rows: list[dict[str, Any]] = []
-    vectors: dict[str, list[np.ndarray]] = {n: [] for n in schema.names}
-    image_parts: dict[str, list[dict[str, np.ndarray]]] = {k: [] for k in store.image_keys}
-    split_ranges: dict[str, list[int]] = {}
-    frames = 0
-    for e, i in enumerate(chosen):
-        ep = store.episode(i)
-        n = len(ep)
-        t = task_index.setdefault(ep.instruction, len(task_index))
-        cols: dict[str, np.ndarray] = {
-            FEATURE_NAMES["state"]: ep.state, FEATURE_NAMES["action"]: ep.action,
-            FEATURE_NAMES["executed_action"]: ep.executed_action,
-            "timestamp": (np.arange(n) / fps).astype(np.float32),
-            "frame_index": np.arange(n, dtype=np.int64),
-            "episode_index": np.full(n, e, dtype=np.int64),
-            "index": np.arange(frames, frames + n, dtype=np.int64),
-            "task_index": np.full(n, t, dtype=np.int64),
-        }
-        chunk, file = data.add({k: _arrow_column(pa, v, schema.field(k).type)
-                                for k, v in cols.items()})
-        row: dict[str, Any] = {
-            "episode_index": e, "tasks": [ep.instruction], "length": n,
-            "data/chunk_index": chunk, "data/file_index": file,
-            "dataset_from_index": frames, "dataset_to_index": frames + n,
-        }
-        for key, frames_ in ep.images().items():
-            vchunk, vfile, t_from, t_to = videos[key].add(frames_)
+    root = _prepare_output(out, cfg.overwrite, store.path, INFO_PATH)
+    try:
+        written = _write_episodes(store, chosen, root, schema, fps, cfg)
+        for key in store.image_keys:
             name = FEATURE_NAMES[key]
-            row.update({f"videos/{name}/chunk_index": vchunk, f"videos/{name}/file_index": vfile,
-                        f"videos/{name}/from_timestamp": t_from,
-                        f"videos/{name}/to_timestamp": t_to})
-            st = image_stats(frames_)
-            image_parts[key].append(st)
-            row.update({f"stats/{name}/{k}": v.tolist() for k, v in st.items()})
-        for name, values in cols.items():
-            v2 = values.reshape(n, -1)
-            vectors[name].append(v2)
-            row.update({f"stats/{name}/{k}": v.tolist() for k, v in feature_stats(v2).items()})
-        # Episode facts LeRobot has no column for; the import reads them back.
-        row.update({"seed": ep.seed, "success": ep.success, "split": ep.split,
-                    "robotok_task": ep.task, "meta/episodes/chunk_index": 0,
-                    "meta/episodes/file_index": 0})
-        rows.append(row)
-        split_ranges.setdefault(ep.split, [e, e])[1] = e + 1
-        frames += n
-    data.close()
-    for v in videos.values():
-        v.close()
-    for key in store.image_keys:
-        name = FEATURE_NAMES[key]
-        features[name]["info"] = _video_info(
-            root / VIDEO_PATH.format(video_key=name, chunk_index=0, file_index=0))
-
-    episodes_path = root / EPISODES_PATH.format(chunk_index=0, file_index=0)
-    episodes_path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), episodes_path)
-    _write_tasks(root, list(task_index))
-    stats = {name: feature_stats(np.concatenate(parts)) for name, parts in vectors.items()}
-    stats.update({FEATURE_NAMES[k]: aggregate_image_stats(p) for k, p in image_parts.items()})
-    (root / STATS_PATH).write_text(json.dumps(_jsonable(stats), indent=2))
-    splits = {s: f"{a}:{b}" for s, (a, b) in split_ranges.items()}
-    info = {
-        "codebase_version": CODEBASE_VERSION,
-        "robot_type": cfg.robot_type,
-        "total_episodes": len(chosen),
-        "total_frames": frames,
-        "total_tasks": len(task_index),
-        "chunks_size": cfg.chunks_size,
-        "data_files_size_in_mb": cfg.data_files_size_in_mb,
-        "video_files_size_in_mb": cfg.video_files_size_in_mb,
-        "fps": fps,
-        "splits": splits,
-        "data_path": DATA_PATH,
-        "video_path": VIDEO_PATH if store.image_keys else None,
-        "features": features,
-        # Not read by LeRobot: what a robotok import restores (env description, action spec).
-        "robotok": {
-            "version": _robotok_version(), "git_revision": _git_revision(),
-            "source_store": str(store.path), "selection": {
-                "tasks": cfg.tasks, "splits": cfg.splits, "episodes": cfg.episodes,
-                "success_only": cfg.success_only},
-            "store_info": {k: v for k, v in store.shards[0].info.items() if k != "counts"},
-        },
-    }
-    (root / INFO_PATH).write_text(json.dumps(info, indent=4))
-    (root / "README.md").write_text(dataset_card(info, cfg, store))
+            features[name]["info"] = _video_info(
+                root / VIDEO_PATH.format(video_key=name, chunk_index=0, file_index=0))
+        episodes_path = root / EPISODES_PATH.format(chunk_index=0, file_index=0)
+        episodes_path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(written.rows), episodes_path)
+        _write_tasks(root, list(written.tasks))
+        stats = {n: feature_stats(np.concatenate(p)) for n, p in written.vectors.items()}
+        stats.update({FEATURE_NAMES[k]: aggregate_image_stats(p)
+                      for k, p in written.image_stats.items()})
+        (root / STATS_PATH).write_text(json.dumps(_jsonable(stats), indent=2))
+        splits = {s: f"{a}:{b}" for s, (a, b) in written.splits.items()}
+        info = {
+            "codebase_version": CODEBASE_VERSION,
+            "robot_type": cfg.robot_type,
+            "total_episodes": len(chosen),
+            "total_frames": written.frames,
+            "total_tasks": len(written.tasks),
+            "chunks_size": cfg.chunks_size,
+            "data_files_size_in_mb": cfg.data_files_size_in_mb,
+            "video_files_size_in_mb": cfg.video_files_size_in_mb,
+            "fps": fps,
+            "splits": splits,
+            "data_path": DATA_PATH,
+            "video_path": VIDEO_PATH,
+            "features": features,
+            # Not read by LeRobot: what a robotok import restores (env description, spec).
+            "robotok": {
+                "version": _robotok_version(), "git_revision": _git_revision(),
+                "source_store": str(store.path), "selection": {
+                    "tasks": cfg.tasks, "splits": cfg.splits, "episodes": cfg.episodes,
+                    "success_only": cfg.success_only},
+                "store_info": {k: v for k, v in store.shards[0].info.items() if k != "counts"},
+            },
+        }
+        (root / INFO_PATH).write_text(json.dumps(info, indent=4))
+        (root / "README.md").write_text(dataset_card(info, cfg, store))
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     _finish_output(root, out)
     return ExportReport(
-        output=str(out), episodes=len(chosen), frames=frames, tasks=len(task_index),
+        output=str(out), episodes=len(chosen), frames=written.frames, tasks=len(written.tasks),
         seconds=time.perf_counter() - t0, bytes=_dir_bytes(out),
         video_bytes=_dir_bytes(out / "videos") if (out / "videos").exists() else 0,
         splits=splits,
@@ -901,7 +938,7 @@ def import_lerobot(cfg: ImportConfig) -> ImportReport:
     store_info["imported_from"] = {"path": str(root.resolve()), "codebase_version": version,
                                    "features": mapping}
     out = Path(cfg.output)
-    tmp = _prepare_output(out, cfg.overwrite)
+    tmp = _prepare_output(out, cfg.overwrite, root, "shard-*")
     writer = ShardWriter(tmp / shard_name(0), info=store_info, image_shape=(height, width, 3),
                          image_keys=image_keys, state_dim=len(state_names),
                          action_dim=len(spec))

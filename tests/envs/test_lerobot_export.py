@@ -211,8 +211,16 @@ def test_selection_errors_name_the_value(store: Path, tmp_path: Path) -> None:
                                     tasks=["stack"]))
     with pytest.raises(ValueError, match="vcodec 'vp9'"):
         ExportConfig(store=str(store), output=str(tmp_path / "x"), vcodec="vp9")
-    with pytest.raises(FileExistsError, match="overwrite=true"):
-        export_lerobot(ExportConfig(store=str(store), output=str(store)))
+    with pytest.raises(ValueError, match="overlaps the source"):
+        export_lerobot(ExportConfig(store=str(store), output=str(store), overwrite=True))
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("not a dataset")
+    with pytest.raises(FileExistsError, match="set overwrite=true"):
+        export_lerobot(ExportConfig(store=str(store), output=str(other)))
+    with pytest.raises(FileExistsError, match="not an earlier output"):
+        export_lerobot(ExportConfig(store=str(store), output=str(other), overwrite=True))
+    assert (other / "keep.txt").exists() and not (tmp_path / "notes.partial").exists()
 
 
 def edited_copy(src: Path, dst: Path, edit) -> Path:
