@@ -208,6 +208,10 @@ def test_bad_input_is_named(session: PlaySession) -> None:
         session.reset("pick", "seen", SEED, actor="second")
     with pytest.raises(RuntimeError, match="reset the scene"):
         session.step()
+    # a tab keeps the envs of its current task and split only
+    session.reset("pick", "seen", SEED)
+    session.reset("push", "distractors", SEED)
+    assert [key[:2] for key in session._envs] == [("push", "distractors")]
 
 
 def test_listening_off_loopback_needs_a_token(monkeypatch: pytest.MonkeyPatch) -> None:

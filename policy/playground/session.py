@@ -126,6 +126,8 @@ class PlaySession:
         self._policies: dict[str, Any] = {}
         self._introspectors: dict[str, Introspector] = {}
         self._envs: dict[tuple, Any] = {}
+        self._checked: set[tuple[str, tuple]] = set()  # (actor, env key) pairs found to fit
+        self._oracle: OracleActor | None = None
         self._workdir = Path(tempfile.mkdtemp(prefix="robotok-play-"))
         self.actor = POLICY
         self.task = self.split = ""
@@ -154,17 +156,23 @@ class PlaySession:
         return self._policies[actor]
 
     def _env(self, task: str, split: str, actor: str) -> Any:
+        """The env `actor` acts in for task/split. Envs of another task or split are closed
+        (a tab holds at most one per camera setting), and each checkpoint is checked against
+        its env once."""
         import envs
 
         # The oracle acts from privileged state; it runs in the first checkpoint's env.
         ckpt = self.checkpoints[POLICY if actor == ORACLE else actor]
         key = (task, split, tuple(sorted(ckpt.env_kwargs.items())))
+        for other in [k for k in self._envs if k[:2] != (task, split)]:
+            self._envs.pop(other).close()
+        self._checked = {c for c in self._checked if c[1] in self._envs}
         if key not in self._envs:
-            env = envs.make_env(task=task, split=split, **ckpt.env_kwargs)
-            if actor != ORACLE:
-                check_compatible(self._policy(actor), env.describe(),
-                                 where=f"task={task!r}, split={split!r}")
-            self._envs[key] = env
+            self._envs[key] = envs.make_env(task=task, split=split, **ckpt.env_kwargs)
+        if actor != ORACLE and (actor, key) not in self._checked:
+            check_compatible(self._policy(actor), self._envs[key].describe(),
+                             where=f"task={task!r}, split={split!r}")
+            self._checked.add((actor, key))
         return self._envs[key]
 
     def _render(self) -> np.ndarray:
@@ -190,8 +198,13 @@ class PlaySession:
         seed = int(seed)
         if seed < 0:
             raise ValueError(f"seed {seed}; expected >= 0")
-        env = self._env(task, split, actor)
         self.running = False
+        try:
+            env = self._env(task, split, actor)
+        except Exception:
+            # the last episode's env may be closed by now: nothing is left to step
+            self.env = self.obs = self.view = None
+            raise
         obs, info = env.reset(seed=seed)
         self.env, self.obs = env, obs
         self.actor, self.task, self.split, self.seed = actor, task, split, seed
@@ -232,6 +245,7 @@ class PlaySession:
         observation = {**self.obs, INSTRUCTION: self.instruction}
         started = time.perf_counter()
         if self.actor == ORACLE:
+            assert self._oracle is not None  # made by reset
             action, insight = self._oracle.select_action(observation), None
         else:
             action = self._policy(self.actor).select_action(observation)
@@ -270,6 +284,8 @@ class PlaySession:
         for introspector in self._introspectors.values():
             introspector.close()
         self._envs.clear()
+        self._checked.clear()
+        self._oracle = None
         self._policies.clear()
         self._introspectors.clear()
         self.frames = []
