@@ -1,7 +1,8 @@
 """The playground page driven in a real browser (headless chromium through selenium).
 
 Loads the page, types an instruction, runs 10 steps and checks that the camera frame changed
-and the step counter advanced; then Start/Pause, and that closing the tab frees its episode.
+and the step counter advanced; then Start/Pause, Reset keeping a typed instruction, and that
+closing the tab frees its episode.
 Skips when the `play` extra or chromium is missing; with ROBOTOK_REQUIRE_BROWSER=1 (CI) it
 fails instead. ROBOTOK_PLAYGROUND_SCREENSHOT=PATH saves the page after the 10 steps (the
 README's docs/results/playground.png was taken so).
@@ -148,10 +149,21 @@ def test_start_pause_and_closing_the_tab(page: tuple[Any, str], browser: Any) ->
     browser.find_element(By.ID, "start-btn").click()
     _wait(browser, lambda d: _step(d) >= 3)
     browser.find_element(By.ID, "pause-btn").click()
-    time.sleep(0.5)  # a tick already on its way may still land
+    (session,) = play.sessions.values()
+    _wait(browser, lambda d: not session.running, timeout=10)
+    time.sleep(1.0)  # a tick already being computed may still land
     paused = _step(browser)
     time.sleep(1.5)  # 15 control periods at 10 Hz
     assert _step(browser) == paused, "the episode kept running after Pause"
+    assert not session.view.done, "the episode ended by itself: Pause was not tested"
+    # Reset starts over on the same seed; the typed instruction survives when asked to
+    box = browser.find_element(By.CSS_SELECTOR, "#instruction textarea")
+    box.clear()
+    box.send_keys(INSTRUCTION)
+    browser.find_element(By.CSS_SELECTOR, "#keep-instruction input").click()
+    browser.find_element(By.ID, "reset-btn").click()
+    _wait(browser, lambda d: _step(d) == 0)
+    assert f"instruction: {INSTRUCTION}" in _status(browser)
     browser.get("about:blank")  # the tab goes away: its session and envs are freed
     deadline = time.monotonic() + 30
     while play.sessions and time.monotonic() < deadline:

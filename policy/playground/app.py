@@ -195,6 +195,8 @@ def build_app(play: Playground) -> Any:
                     instruction = gr.Textbox(label="instruction", lines=2, max_lines=3,
                                              elem_id="instruction",
                                              info="any text; applied at the next step")
+                    keep = gr.Checkbox(False, label="keep this instruction on Reset",
+                                       elem_id="keep-instruction")
                     with gr.Row():
                         start = gr.Button("Start", variant="primary", elem_id="start-btn")
                         pause = gr.Button("Pause", elem_id="pause-btn")
@@ -266,18 +268,17 @@ def build_app(play: Playground) -> Any:
                 view = session.reset(play.task, play.split, play.seed, actor=POLICY)
                 return [*show(session, view), view.instruction]
 
-        def on_reset(task_: str, split_: str, seed_: float, actor_: str,
-                     request: gr.Request) -> list[Any]:
+        def on_reset(task_: str, split_: str, seed_: float, actor_: str, text: str,
+                     keep_: bool, request: gr.Request) -> list[Any]:
             with tab(request) as session:
-                view = session.reset(task_, split_, int(seed_), actor=actors[actor_])
+                view = session.reset(task_, split_, int(seed_), actor=actors[actor_],
+                                     instruction=text if keep_ else None)
                 return [*show(session, view), view.instruction, gr.Timer(active=False)]
 
-        def on_next_seed(task_: str, split_: str, seed_: float, actor_: str,
-                         request: gr.Request) -> list[Any]:
-            with tab(request) as session:
-                view = session.reset(task_, split_, int(seed_) + 1, actor=actors[actor_])
-                return [*show(session, view), view.instruction, gr.Timer(active=False),
-                        int(seed_) + 1]
+        def on_next_seed(task_: str, split_: str, seed_: float, actor_: str, text: str,
+                         keep_: bool, request: gr.Request) -> list[Any]:
+            return [*on_reset(task_, split_, seed_ + 1, actor_, text, keep_, request),
+                    int(seed_) + 1]
 
         def on_switch(actor_: str, text: str, request: gr.Request) -> list[Any]:
             # Same task, split, seed and instruction: only who acts changes.
@@ -321,7 +322,7 @@ def build_app(play: Playground) -> Any:
         def on_unload(request: gr.Request) -> None:
             play.close(request.session_hash)
 
-        reset_inputs = [task, split, seed, actor]
+        reset_inputs = [task, split, seed, actor, instruction, keep]
         app.load(on_load, None, [*sim_views, instruction])
         reset.click(on_reset, reset_inputs, [*sim_views, instruction, timer])
         new_scene.click(on_next_seed, reset_inputs, [*sim_views, instruction, timer, seed])
