@@ -7,6 +7,8 @@ the control rate leaves a few milliseconds for drawing, and matplotlib takes ten
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from einops import repeat
 
@@ -26,20 +28,24 @@ def enlarge(image: np.ndarray, scale: int) -> np.ndarray:
     return repeat(np.asarray(image, dtype=np.uint8), "h w c -> (h a) (w b) c", a=scale, b=scale)
 
 
-def _colormap(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] -> uint8 RGB through matplotlib's 'inferno' lookup table."""
+@functools.cache
+def _inferno() -> np.ndarray:
     from matplotlib import colormaps
 
-    lut = (colormaps["inferno"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
-    return lut[np.clip((values * 255).round(), 0, 255).astype(np.int64)]
+    return (colormaps["inferno"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+
+
+def _colormap(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] -> uint8 RGB through matplotlib's 'inferno' lookup table."""
+    return _inferno()[np.clip((values * 255).round(), 0, 255).astype(np.int64)]
 
 
 def _resize_map(values: np.ndarray, height: int, width: int) -> np.ndarray:
     """A small map (h, w) stretched to (height, width) by bilinear interpolation (Pillow)."""
     from PIL import Image
 
-    img = Image.fromarray(values.astype(np.float32), mode="F")
-    return np.asarray(img.resize((width, height), Image.BILINEAR), dtype=np.float32)
+    img = Image.fromarray(np.ascontiguousarray(values, dtype=np.float32))  # mode "F"
+    return np.asarray(img.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 def attention_view(frame: np.ndarray, attention: np.ndarray, scale: int = 4,
@@ -61,11 +67,11 @@ def attention_view(frame: np.ndarray, attention: np.ndarray, scale: int = 4,
     tokens = attention.shape[0]
     tile = width // tokens
     strip = np.zeros((tile, width, 3), dtype=np.float32)
-    small = enlarge(frame, 1).astype(np.float32)
+    grey = np.asarray(frame, dtype=np.float32).mean(-1)
+    base = _resize_map(grey, tile, tile)[..., None]  # the frame in grey under each map
     for s in range(tokens):
         m = _resize_map(attention[s], tile, tile)
         m = (m - m.min()) / max(float(m.max() - m.min()), 1e-9)
-        base = _resize_map(small.mean(-1), tile, tile)[..., None]  # grey frame under the map
         strip[:, s * tile:(s + 1) * tile] = 0.35 * base + 0.65 * _colormap(m)
     return np.concatenate([top, strip]).round().clip(0, 255).astype(np.uint8)
 
