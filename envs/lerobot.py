@@ -827,9 +827,14 @@ class _FrameReader:
         self.container = self.av.open(str(path))
         self.path = path
 
+        # One reformatter for the whole file: it keeps its colour-conversion context, which
+        # frame.to_ndarray(format=...) rebuilds for every frame (twice the time at 64 px).
+        reformatter = self.av.video.reformatter.VideoReformatter()
+
         def gen() -> Iterator[tuple[float, np.ndarray]]:
             for frame in self.container.decode(video=0):
-                yield float(frame.pts * frame.time_base), frame.to_ndarray(format="rgb24")
+                rgb = reformatter.reformat(frame, format="rgb24")
+                yield float(frame.pts * frame.time_base), rgb.to_ndarray()
 
         self.frames, self.last = gen(), None
 
