@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from envs.spec import DEFAULT_ACTION_SPEC
 from policy.base import Policy, make_policy
-from policy.train.config import OptimConfig
+from policy.train.config import OptimConfig, bf16_cpu_enabled
 from policy.train.loop import autocast_for, compile_policy, set_optimizer_impl, update_policy
 from policy.train.optim import make_optimizer
 
@@ -379,9 +379,12 @@ class TrainOptions:
     train.compile, train.channels_last."""
 
     optimizer_impl: str = "foreach"
-    bf16: bool = False
+    bf16: bool | str = "auto"  # as train.bf16_cpu: "auto" is on where the CPU has bf16
     compile: bool = False
     channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        self.bf16 = bf16_cpu_enabled(self.bf16)
 
     def with_lever(self, lever: str) -> TrainOptions:
         """These options with one lever switched on (LEVERS)."""
@@ -557,6 +560,8 @@ def ab_lever(name: str, config: Any, lever: str, base: TrainOptions, image_size:
     else:
         if lever == "foreach":  # the lever is the switch away from torch's CPU default, "for"
             base = dataclasses.replace(base, optimizer_impl="for")
+        elif lever in ("bf16", "compile", "channels_last"):  # A has the lever off
+            base = dataclasses.replace(base, **{lever: False})
         b_opts = base.with_lever(lever)
     info = demo_env_info(image_size)
     a, b = TrainStepper(config, info, base), TrainStepper(config_b, info, b_opts)

@@ -75,6 +75,27 @@ class OptimConfig:
             raise ValueError(f"optim.grad_clip={self.grad_clip}; expected >= 0 (0 = off)")
 
 
+BF16_CPU_SETTINGS = ("auto", "true", "false")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bf16 natively (oneDNN's check: AVX-512 BF16 or AMX)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        return False
+
+
+def bf16_cpu_enabled(setting: str | bool) -> bool:
+    """`train.bf16_cpu` ("auto", "true", "false" or a bool) -> whether to autocast on the CPU."""
+    value = str(setting).lower()
+    if value not in BF16_CPU_SETTINGS:
+        raise ValueError(f"train.bf16_cpu={setting!r}; expected one of {BF16_CPU_SETTINGS}")
+    return cpu_has_bf16() if value == "auto" else value == "true"
+
+
 @dataclass
 class ScheduleConfig:
     """How long to train, how often to log, evaluate and checkpoint, and from where."""
@@ -93,10 +114,11 @@ class ScheduleConfig:
     # of `steps`: for time-boxed jobs such as preemptible slots; null runs to `steps`
     stop_after: Optional[int] = None  # noqa: UP045
     bf16: bool = True  # bf16 autocast on CUDA
-    # bf16 autocast on the CPU as well: faster where the CPU has bf16 instructions, but the
-    # numbers change, so it is off until its loss curve is accepted
-    # (docs/experiments/2026-11-30-speed.md)
-    bf16_cpu: bool = False
+    # bf16 autocast on the CPU as well: "auto" (default) turns it on where the CPU has bf16
+    # instructions (AVX-512 BF16 / AMX: 1.3x RT-1, 1.7x Gato, loss within a reseed and the
+    # demo's success within noise; docs/experiments/2026-11-30-speed.md) and off elsewhere,
+    # where bf16 is emulated and slower; true / false force it
+    bf16_cpu: str = "auto"
     # torch.compile (inductor) the image tokenizer and the transformer in place; where it
     # cannot compile (no C compiler, an unsupported platform) the run warns and stays eager
     compile: bool = False
@@ -113,6 +135,10 @@ class ScheduleConfig:
                 raise ValueError(f"train.{name}={getattr(self, name)}; expected >= 0")
         if self.stop_after is not None and self.stop_after < 1:
             raise ValueError(f"train.stop_after={self.stop_after}; expected >= 1 or null")
+        self.bf16_cpu = str(self.bf16_cpu).lower()  # YAML true/false arrive as "True"/"False"
+        if self.bf16_cpu not in BF16_CPU_SETTINGS:
+            raise ValueError(f"train.bf16_cpu={self.bf16_cpu!r}; expected one of "
+                             f"{BF16_CPU_SETTINGS}")
 
 
 @dataclass

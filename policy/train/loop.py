@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from policy.train import checkpoint as ckpt
-from policy.train.config import OPTIMIZER_IMPLS, DataConfig, TrainRunConfig
+from policy.train.config import OPTIMIZER_IMPLS, DataConfig, TrainRunConfig, bf16_cpu_enabled
 from policy.train.distributed import (
     DistInfo,
     barrier,
@@ -529,7 +529,10 @@ def train(
         )
     stream = batch_stream(dataset, cfg, info, progress, per_rank_batch)
     params = [p for p in policy.parameters() if p.requires_grad]
-    autocast = autocast_for(device, sched.bf16, sched.bf16_cpu)
+    autocast = autocast_for(device, sched.bf16, bf16_cpu_enabled(sched.bf16_cpu))
+    if device.type == "cpu" and info.rank == 0:
+        log.info("bf16 autocast on the CPU: %s (train.bf16_cpu=%s)",
+                 "on" if bf16_cpu_enabled(sched.bf16_cpu) else "off", sched.bf16_cpu)
     if sched.compile:
         compile_policy(policy)
     run = _Run(

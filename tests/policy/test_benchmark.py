@@ -100,10 +100,11 @@ def test_demo_preset_composes() -> None:
     assert cfg.demo.train_batch == 64 and cfg.demo.act_threads == 1
     assert TrainOptions(**cfg.demo.options) == TrainOptions()
     # the preset's options are the training loop's defaults
-    from policy.train.config import OptimConfig, ScheduleConfig
+    from policy.train.config import OptimConfig, ScheduleConfig, bf16_cpu_enabled
 
     options, schedule = TrainOptions(), ScheduleConfig()
-    assert options.optimizer_impl == OptimConfig().impl and options.bf16 == schedule.bf16_cpu
+    assert options.optimizer_impl == OptimConfig().impl
+    assert options.bf16 == bf16_cpu_enabled(schedule.bf16_cpu)
     assert (options.compile, options.channels_last) == (schedule.compile,
                                                         schedule.channels_last)
     assert set(LEVERS) >= {"bf16", "foreach"}

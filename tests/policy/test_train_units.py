@@ -253,6 +253,21 @@ def test_bf16_autocast_only_where_asked() -> None:
         assert layer(x).dtype == torch.bfloat16
 
 
+def test_bf16_cpu_auto_follows_the_cpu(monkeypatch) -> None:
+    import policy.train.config as config
+
+    assert config.ScheduleConfig().bf16_cpu == "auto"
+    # YAML booleans arrive as bools or "True"/"False"; both are accepted
+    assert config.ScheduleConfig(bf16_cpu=True).bf16_cpu == "true"
+    assert config.ScheduleConfig(bf16_cpu="False").bf16_cpu == "false"
+    with pytest.raises(ValueError, match="train.bf16_cpu='turbo'"):
+        config.ScheduleConfig(bf16_cpu="turbo")
+    for native in (True, False):
+        monkeypatch.setattr(config, "cpu_has_bf16", lambda native=native: native)
+        assert config.bf16_cpu_enabled("auto") is native
+        assert config.bf16_cpu_enabled("true") and not config.bf16_cpu_enabled(False)
+
+
 def test_compile_falls_back_to_eager_without_a_compiler(monkeypatch, caplog) -> None:
     import policy.train.loop as loop
 
