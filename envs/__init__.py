@@ -57,15 +57,17 @@ def make_env(
     max_steps: int | None = None,
     split_overrides: dict[str, Any] | None = None,
     skip_render: bool = False,
+    physics: dict[str, Any] | None = None,
 ) -> TabletopEnv:
     """Build one TabletopEnv (no gymnasium wrappers). `skip_render=True` returns black
-    images: a fast path for oracle-only checks; the default always renders."""
+    images: a fast path for oracle-only checks; the default always renders. `physics`:
+    envs.physics.PhysicsConfig fields (None: the defaults stores and checkpoints use)."""
     from envs.tabletop import TabletopEnv
 
     return TabletopEnv(task=task, split=split, image_size=image_size,
                        wrist_camera=wrist_camera, render_mode=render_mode,
                        max_steps=max_steps, split_overrides=split_overrides,
-                       skip_render=skip_render)
+                       skip_render=skip_render, physics=physics)
 
 
 def _register() -> None:

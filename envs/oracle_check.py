@@ -8,9 +8,10 @@ seeds per task and split; docs/experiments/2026-11-28-env-suite.md).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,8 +75,10 @@ def run_oracle_episode(env: TabletopEnv, seed: int,
 
 
 def check_oracles(tasks: Sequence[str], splits: Sequence[str], seeds: Iterable[int],
-                  skip_render: bool = True, image_size: int = 96) -> list[OracleSummary]:
-    """Run the oracle on every (task, split) for `seeds`.
+                  skip_render: bool = True, image_size: int = 96,
+                  physics: Mapping[str, Any] | None = None) -> list[OracleSummary]:
+    """Run the oracle on every (task, split) for `seeds`, under `physics`
+    (envs/physics.py; None: the defaults).
 
     `skip_render` is safe here: images never feed the oracle, and rendering does not touch
     the physics, so success is the same as with rendering (only faster).
@@ -85,7 +88,7 @@ def check_oracles(tasks: Sequence[str], splits: Sequence[str], seeds: Iterable[i
     for task in tasks:
         for split in splits:
             env = TabletopEnv(task=task, split=split, image_size=image_size,
-                              skip_render=skip_render)
+                              skip_render=skip_render, physics=physics)
             summary = OracleSummary(task=task, split=split)
             t0 = time.perf_counter()
             summary.episodes = [run_oracle_episode(env, s) for s in seeds]
@@ -112,7 +115,8 @@ def summary_markdown(summaries: Sequence[OracleSummary]) -> str:
 
 
 def write_demo_videos(tasks: Sequence[str], out_dir: str | Path, split: str = "seen",
-                      seed: int = 0, image_size: int = 96, fps: int = 10) -> list[Path]:
+                      seed: int = 0, image_size: int = 96, fps: int = 10,
+                      physics: Mapping[str, Any] | None = None) -> list[Path]:
     """One mp4 per task of the oracle solving it (the interim `make demo`)."""
     import imageio.v2 as imageio  # optional at import time: only videos need ffmpeg
 
@@ -120,7 +124,7 @@ def write_demo_videos(tasks: Sequence[str], out_dir: str | Path, split: str = "s
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for task in tasks:
-        env = TabletopEnv(task=task, split=split, image_size=image_size)
+        env = TabletopEnv(task=task, split=split, image_size=image_size, physics=physics)
         frames: list[np.ndarray] = []
         result = run_oracle_episode(env, seed, frames)
         env.close()

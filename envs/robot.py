@@ -69,9 +69,12 @@ class Panda:
     """One Panda in one PyBullet client; every call passes that client's id."""
 
     def __init__(self, client: int, base_position: tuple[float, float, float],
-                 workspace: Workspace) -> None:
+                 workspace: Workspace, ik_iterations: int = 50,
+                 ik_residual: float = 1e-4) -> None:
         self.client = client
         self.workspace = workspace
+        self.ik_iterations = ik_iterations
+        self.ik_residual = ik_residual
         self.body = p.loadURDF(lowpoly_panda_urdf(), base_position, useFixedBase=True,
                                flags=p.URDF_ENABLE_CACHED_GRAPHICS_SHAPES,
                                physicsClientId=client)
@@ -110,7 +113,8 @@ class Panda:
             self.body, GRASP_LINK, self.target_pos.tolist(), self.target_quat.tolist(),
             lowerLimits=list(JOINT_LOWER), upperLimits=list(JOINT_UPPER),
             jointRanges=[u - lo for lo, u in zip(JOINT_LOWER, JOINT_UPPER, strict=True)],
-            restPoses=list(REST_POSE), maxNumIterations=50, residualThreshold=1e-4,
+            restPoses=list(REST_POSE), maxNumIterations=self.ik_iterations,
+            residualThreshold=self.ik_residual,
             physicsClientId=self.client)
         return list(q[:7])
 

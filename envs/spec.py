@@ -101,7 +101,7 @@ class ActionSpec:
             raise ValueError(
                 f"action has shape {a.shape}; expected ({len(self)},) for dims {self.names}"
             )
-        if not np.all(np.isfinite(a)):
+        if not np.isfinite(a).all():
             raise ValueError(f"action has non-finite values: {a.tolist()}")
         return a.astype(np.float32)
 

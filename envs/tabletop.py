@@ -8,7 +8,8 @@ function of its seed: same seed + same actions -> the same observations, pixels 
 Action -> robot (envs/spec.py): x, y, z are world-frame end-effector deltas of 0.03 m per
 unit; roll, pitch, yaw world-frame rotations of 0.25 rad per unit; gripper > 0 closes;
 terminate > 0 ends the episode without moving (success is still judged by the simulator).
-Each action is held for 24 physics substeps (240 Hz physics, 10 Hz control).
+Each action is held for 24 physics substeps (240 Hz physics, 10 Hz control) by default;
+`physics` (envs/physics.py) sets substeps, solver iterations and IK effort.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from envs.catalog import (
     TABLE_TEXTURES,
     load_object_set,
 )
+from envs.physics import PhysicsConfig
 from envs.robot import Panda, Workspace
 from envs.scenes import SceneSet, TableLook, TextureFiles, load_scene_set
 from envs.spec import (
@@ -47,7 +49,6 @@ from envs.spec import (
     DEFAULT_ACTION_SPEC,
     IMAGE,
     INSTRUCTION,
-    PHYSICS_HZ,
     STATE,
     STATE_NAMES,
     WRIST_IMAGE,
@@ -56,10 +57,11 @@ from envs.splits import SplitConfig, resolve_split
 from envs.tasks import TASK_CLASSES
 
 ENV_VERSION = "0"
-SUBSTEPS = PHYSICS_HZ // CONTROL_HZ
 INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.'?!-_"
-SOLVER_ITERATIONS = 20
 START_EE = np.array([0.42, 0.0, 0.22])  # m; jittered by up to 3 cm per episode
+# The action spec's bounds and units as arrays, built once (ActionSpec builds them per call).
+_ACTION_LOW, _ACTION_HIGH = DEFAULT_ACTION_SPEC.low, DEFAULT_ACTION_SPEC.high
+_ACTION_SCALE = np.array([d.scale for d in DEFAULT_ACTION_SPEC.dims], dtype=np.float64)
 
 
 class TabletopEnv(gym.Env):
@@ -68,7 +70,9 @@ class TabletopEnv(gym.Env):
     task: a name in envs.TASKS; split: a name in envs.SPLITS, with `split_overrides`
     (SplitConfig field -> value) applied; image_size: front and wrist camera resolution;
     wrist_camera: add obs["wrist_image"]; max_steps: None = the task's own limit;
-    skip_render: black images (oracle-only checks; physics is unchanged).
+    skip_render: black images (oracle-only checks; physics is unchanged); physics:
+    substeps, solver and IK settings (envs/physics.py; None = the defaults every store and
+    checkpoint so far was made with).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_HZ}
@@ -83,7 +87,9 @@ class TabletopEnv(gym.Env):
         max_steps: int | None = None,
         split_overrides: dict[str, Any] | None = None,
         skip_render: bool = False,
+        physics: PhysicsConfig | dict[str, Any] | None = None,
     ) -> None:
+        self.physics = PhysicsConfig.from_value(physics)
         if task not in TASK_CLASSES:
             raise ValueError(f"unknown task {task!r}; expected one of {list(TASK_CLASSES)}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -156,7 +162,7 @@ class TabletopEnv(gym.Env):
         self._draw_appearance()
         self.task.reset(self)  # the scene and the instruction
         # Let objects settle (meshes rest on AABB corners) before the first frame.
-        for _ in range(SUBSTEPS):
+        for _ in range(self.physics.substeps):
             p.stepSimulation(physicsClientId=self.client)
         self.steps = 0
         self._obs = self._observe()
@@ -166,13 +172,12 @@ class TabletopEnv(gym.Env):
                                                 dict[str, Any]]:
         if self.robot is None or self._obs is None:
             raise RuntimeError("call reset() before step()")
-        a = DEFAULT_ACTION_SPEC.clip(DEFAULT_ACTION_SPEC.validate(action))
+        a = np.clip(DEFAULT_ACTION_SPEC.validate(action), _ACTION_LOW, _ACTION_HIGH)
         terminated = bool(a[0] > 0)
         if not terminated:
-            scale = np.array([d.scale for d in DEFAULT_ACTION_SPEC.dims], dtype=np.float64)
-            phys = a.astype(np.float64) * scale
+            phys = a.astype(np.float64) * _ACTION_SCALE
             self.robot.apply(phys[1:4], phys[4:7], close=bool(a[7] > 0))
-            for _ in range(SUBSTEPS):
+            for _ in range(self.physics.substeps):
                 p.stepSimulation(physicsClientId=self.client)
             self._obs = self._observe()
         self.steps += 1
@@ -216,8 +221,9 @@ class TabletopEnv(gym.Env):
             "wrist_camera": self.wrist_config.to_dict() if self.wrist is not None else None,
             "image_shape": list(self.camera_config.image_shape),
             "control_hz": CONTROL_HZ,
-            "physics_hz": PHYSICS_HZ,
-            "substeps": SUBSTEPS,
+            "physics_hz": self.physics.physics_hz,
+            "substeps": self.physics.substeps,
+            "physics": self.physics.to_dict(),
             "action_spec": DEFAULT_ACTION_SPEC.to_dict(),
             "state_names": list(STATE_NAMES),
             "task": self.task_name,
@@ -240,13 +246,15 @@ class TabletopEnv(gym.Env):
         if self._empty_state is None:
             p.resetSimulation(physicsClientId=c)
             p.setGravity(0, 0, -9.81, physicsClientId=c)
-            p.setTimeStep(1.0 / PHYSICS_HZ, physicsClientId=c)
-            # 20 solver iterations instead of bullet's 50: the Panda's joint motors dominate
-            # a substep's cost, and 20 track them as well for these tasks.
-            p.setPhysicsEngineParameter(numSolverIterations=SOLVER_ITERATIONS,
+            p.setTimeStep(self.physics.time_step, physicsClientId=c)
+            # 20 solver iterations (the default) instead of bullet's 50: the Panda's joint
+            # motors dominate a substep's cost, and 20 track them as well for these tasks.
+            p.setPhysicsEngineParameter(numSolverIterations=self.physics.solver_iterations,
                                         physicsClientId=c)
             self._build_table()
-            self.robot = Panda(c, (0.0, 0.0, self.table_z), self.workspace)
+            self.robot = Panda(c, (0.0, 0.0, self.table_z), self.workspace,
+                               ik_iterations=self.physics.ik_iterations,
+                               ik_residual=self.physics.ik_residual)
             self._textures: dict[str, int] = {}
             self._texture_files = TextureFiles()
             self._generated: dict[int, TableLook] = {}
