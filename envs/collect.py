@@ -55,7 +55,7 @@ TRAINING_SPLITS: tuple[str, ...] = ("seen",)
 # spec); task, split and max_steps may differ per task.
 SHARED_DESCRIBE_KEYS: tuple[str, ...] = (
     "env_version", "renderer", "camera", "wrist_camera", "image_shape", "control_hz",
-    "physics_hz", "substeps", "action_spec", "state_names",
+    "physics_hz", "substeps", "physics", "action_spec", "state_names",
 )
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -82,8 +82,18 @@ class CollectConfig:
     max_attempts_factor: float = 4.0  # a worker gives up after factor * quota + 10 tries
     chunk_frames: int = 16
     progress: bool = True
+    # envs/physics.py PhysicsConfig fields; None: the defaults every checkpoint so far was
+    # trained with. Other physics gives other episodes from the same seeds.
+    physics: dict | None = None
 
     def __post_init__(self) -> None:
+        if self.physics:
+            from envs.physics import PhysicsConfig
+
+            self.physics = dict(self.physics)
+            PhysicsConfig.from_value(self.physics)  # names a bad field or value now
+        else:
+            self.physics = None
         self.tasks = tuple(self.tasks)
         self.noise_dims = tuple(self.noise_dims)
         if self.split_overrides:
@@ -256,7 +266,8 @@ def env_factory(cfg: CollectConfig) -> Callable[[str], Any]:
     def make(task: str) -> Any:
         return envs.make_env(task=task, split=cfg.split, image_size=cfg.image_size,
                              wrist_camera=cfg.wrist_camera, render_mode="rgb_array",
-                             max_steps=cfg.max_steps, split_overrides=cfg.split_overrides)
+                             max_steps=cfg.max_steps, split_overrides=cfg.split_overrides,
+                             physics=cfg.physics)
 
     return make
 
