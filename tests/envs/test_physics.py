@@ -8,7 +8,7 @@ import pybullet as p
 import pytest
 
 import envs
-from envs.benchmark import PROFILE_PARTS, profile_step
+from envs.benchmark import PROFILE_PARTS, bench_episodes, profile_step
 from envs.collect import CollectConfig
 from envs.physics import PhysicsConfig
 from envs.spec import STATE
@@ -88,3 +88,10 @@ def test_profile_parts_add_up_to_the_step() -> None:
     assert sum(prof[k] for k in parts) == pytest.approx(prof["total"])
     assert prof["physics (stepSimulation)"] > 0 and prof["render (getCameraImage)"] > 0
     assert p.stepSimulation.__name__ == "stepSimulation"  # the timers were taken off again
+
+
+def test_episode_benchmark_counts_whole_oracle_episodes() -> None:
+    r = bench_episodes(["pick", "push"], image_size=32, episodes=2, physics={"substeps": 24},
+                       label="(x)")
+    assert r.count == 2 and r.name.endswith("(x)") and "pick, push" in r.name
+    assert r.per_second > 0 and r.cpu_seconds > 0
