@@ -364,7 +364,8 @@ class Policy(nn.Module):
         return policy
 
     def check_env(self, env_info: Mapping[str, Any]) -> None:
-        """Raise ValueError naming any mismatch of action spec, image shape, camera, renderer."""
+        """Raise ValueError naming any mismatch of action spec, image shape, camera, physics or
+        renderer."""
         mine, theirs = summarize_env(self.env_info), summarize_env(env_info)
         if theirs.action_spec is None:
             raise ValueError("env_info has no action_spec to check against; expected the env's "
@@ -378,6 +379,12 @@ class Policy(nn.Module):
         if mine.renderer is not None and mine.renderer != theirs.renderer:
             raise ValueError(f"renderer mismatch: policy was trained with {mine.renderer!r}, "
                              f"env has {theirs.renderer!r}")
+        # another physics rate or solver gives other episodes from the same actions
+        # (envs/physics.py); compared where both record it (older checkpoints lack `physics`)
+        for key in ("physics_hz", "substeps", "physics"):
+            if key in self.env_info and key in env_info and self.env_info[key] != env_info[key]:
+                raise ValueError(f"physics mismatch: policy was trained with {key}="
+                                 f"{self.env_info[key]!r}, env has {env_info[key]!r}")
         if mine.camera is not None:
             if not isinstance(theirs.camera, Mapping):
                 raise ValueError(f"env_info has no camera to compare with the policy's "

@@ -21,8 +21,8 @@ ACTION_SPEC_JSON = "action_spec.json"
 
 
 def env_mismatches(trained: dict, current: dict) -> list[str]:
-    """Sentences naming each difference in action spec, image shape, camera or renderer
-    between the env a policy was trained in (`trained`) and the one it would run in."""
+    """Sentences naming each difference in action spec, image shape, camera, physics or
+    renderer between the env a policy was trained in (`trained`) and the one it would run in."""
     problems: list[str] = []
     if "action_spec" in trained and "action_spec" in current:
         diff = ActionSpec.from_dict(trained["action_spec"]).mismatch(
@@ -40,6 +40,14 @@ def env_mismatches(trained: dict, current: dict) -> list[str]:
         if key != "image_shape" and cam_t.get(key) != cam_c.get(key):
             problems.append(
                 f"camera {key!r}: checkpoint has {cam_t.get(key)!r}, env has {cam_c.get(key)!r}"
+            )
+    # physics: another physics rate or solver gives other episodes from the same actions
+    # (envs/physics.py); compared where both sides record it (older checkpoints lack `physics`)
+    for key in ("physics_hz", "substeps", "physics"):
+        if key in trained and key in current and trained[key] != current[key]:
+            problems.append(
+                f"physics {key!r}: checkpoint was trained with {trained[key]!r}, "
+                f"env has {current[key]!r}"
             )
     if trained.get("renderer") != current.get("renderer"):
         problems.append(

@@ -158,6 +158,7 @@ def test_a_checkpoint_that_does_not_fit_the_env_is_refused(checkpoint: Path, tmp
 @pytest.mark.parametrize(("key", "value", "named"), [
     ("fov_deg", 60.0, "camera mismatch"),
     ("renderer", "egl", "renderer"),
+    ("physics_hz", 120, "physics mismatch"),
 ])
 def test_a_checkpoint_from_another_camera_or_renderer_is_refused(
     checkpoint: Path, tmp_path: Path, key: str, value: object, named: str
@@ -165,9 +166,10 @@ def test_a_checkpoint_from_another_camera_or_renderer_is_refused(
     other = tmp_path / "other"
     shutil.copytree(checkpoint, other)
     env_info = json.loads((other / "env.json").read_text())
-    if key == "renderer":
-        env_info["renderer"] = value
-    env_info["camera"][key] = value
+    if key in ("renderer", "physics_hz"):
+        env_info[key] = value
+    else:
+        env_info["camera"][key] = value
     (other / "env.json").write_text(json.dumps(env_info))
     with pytest.raises(ValueError, match=f"refusing to evaluate.*{named}.*{value}"):
         EvalConfig(tasks=["pick"], splits=["seen"], episodes=1, workers=0,
