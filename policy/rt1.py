@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from einops import rearrange, repeat
+from einops import rearrange, reduce, repeat
 from torch import nn
 
 from envs.spec import INSTRUCTION, STATE_NAMES, ActionSpec
@@ -194,12 +194,12 @@ class RT1Policy(Policy):
         if t > self.config.history:
             raise ValueError(f"{t} frames given; this policy's history is {self.config.history}")
         x = rearrange(tokens + self.pos[self.config.history - t:], "b t n d -> b (t n) d")
-        frame = torch.arange(t, device=x.device).repeat_interleave(n)  # (N,)
-        key_valid = valid.repeat_interleave(n, dim=1)  # (B, N)
-        allowed = (frame[None, :, None] >= frame[None, None, :]) & key_valid[:, None, :]
+        frame = repeat(torch.arange(t, device=x.device), "t -> (t n)", n=n)  # frame of a token
+        key_valid = repeat(valid, "b t -> b 1 (t n)", n=n)  # (B, 1, N): keys of real frames
+        allowed = (rearrange(frame, "q -> q 1") >= rearrange(frame, "k -> 1 k")) & key_valid
         allowed |= torch.eye(t * n, dtype=torch.bool, device=x.device)  # no empty rows
         h = self.transformer(x, rearrange(allowed, "b q k -> b 1 q k"))  # (B, N, d)
-        h = rearrange(h, "b (t n) d -> b t n d", t=t).mean(dim=2)  # (B, T, d)
+        h = reduce(h, "b (t n) d -> b t d", "mean", t=t)  # one vector per frame
         return rearrange(self.head(h), "b t (a k) -> b t a k", a=len(self.action_spec))
 
     # -- Policy API -----------------------------------------------------------------------
