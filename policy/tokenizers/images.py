@@ -8,7 +8,7 @@ replaces BatchNorm because CPU batches here are small
 (docs/experiments/2026-11-28-prototype.md).
 
 Gato (Reed et al. 2022, sec. 2.1-2.2): the frame is cut into 16x16 patches, each patch is
-normalised to [-1, 1] and divided by sqrt(patch size), passed through a single ResNet v2
+normalized to [-1, 1] and divided by sqrt(patch size), passed through a single ResNet v2
 block, and given learned row and column position encodings.
 
 Both are trained from scratch by default. RT-1 itself starts from an ImageNet EfficientNet:
@@ -467,7 +467,7 @@ class PatchTokenizer(nn.Module):
                              f"of {self.patch_size} px")
         if (cond is None) != (self.films is None):
             raise ValueError("cond is required exactly when the tokenizer has FiLM (cond_dim)")
-        x = (images * 2.0 - 1.0) / math.sqrt(self.patch_size)  # Gato's patch normalisation
+        x = (images * 2.0 - 1.0) / math.sqrt(self.patch_size)  # Gato's patch normalization
         x = rearrange(x, "n c (gh p1) (gw p2) -> (n gh gw) c p1 p2",
                       p1=self.patch_size, p2=self.patch_size)
         x = self.lift(x)
