@@ -30,6 +30,10 @@ tokens and Gato's mu-law bins:
 
     [patches][state][text][separator][a_0 ... a_7] | [patches][state][text][sep][a_0 ...]
 
+Measured at the demo's scale (7,500 steps), neither made Gato ground: with RT-1's tokens its
+x/y predictions still ignore the object's name, while RT-1 with the same stem grounds by step
+5,000, so what Gato lacks lies after the image stem.
+
 Only local positions exist (a token's place within its step, Gato's "local position
 encodings", plus the patch row/column): nothing depends on a step's absolute index, so the
 attention window can slide. Every token sees the text and the tokens of the last ``history``
