@@ -61,6 +61,7 @@ from policy.tokenizers.actions import MuLawActionTokenizer
 from policy.tokenizers.images import (
     PatchTokenizer,
     RT1ImageTokenizer,
+    check_conv_stem,
     load_backbone,
     preprocess_images,
     random_shift,
@@ -152,18 +153,8 @@ class GatoConfig:
             raise ValueError(f"image_tokenizer='rt1_tokens' needs text_mode='sentence' and "
                              f"patch_film=False (got {self.text_mode!r}, {self.patch_film}): its "
                              "convs are FiLM-conditioned on the sentence embedding")
-        if self.image_tokens < 1 or self.conv_blocks < 1 or self.conv_expand < 1:
-            raise ValueError(f"image_tokens={self.image_tokens}, conv_blocks={self.conv_blocks},"
-                             f" conv_expand={self.conv_expand}; expected each >= 1")
-        if len(self.conv_channels) < 2 or min(self.conv_channels) < 1:
-            raise ValueError(f"conv_channels={self.conv_channels}; expected >= 2 positive widths")
-        if len(self.conv_strides) != len(self.conv_channels) - 1 or not set(
-                self.conv_strides) <= {1, 2}:
-            raise ValueError(f"conv_strides={self.conv_strides}; expected "
-                             f"{len(self.conv_channels) - 1} entries of 1 or 2")
-        if not 0 <= self.conv_fused_stages <= len(self.conv_strides):
-            raise ValueError(f"conv_fused_stages={self.conv_fused_stages}; expected 0.."
-                             f"{len(self.conv_strides)} (the number of stages)")
+        check_conv_stem(self.conv_channels, self.conv_strides, self.conv_blocks,
+                        self.conv_expand, self.conv_fused_stages, self.image_tokens)
 
     @property
     def transformer(self) -> TransformerConfig:

@@ -42,6 +42,7 @@ from policy.tokenizers.images import (
     BACKBONES,
     LITE0_BLOCKS,
     RT1ImageTokenizer,
+    check_conv_stem,
     load_backbone,
     preprocess_images,
     random_shift,
@@ -93,18 +94,8 @@ class RT1Config:
         if self.augment_shift < 0:
             raise ValueError(f"augment_shift={self.augment_shift}; expected >= 0")
         check_training_targets(self.label_sigma_bins, self.augment_mirror)
-        if len(self.conv_channels) < 2 or min(self.conv_channels) < 1:
-            raise ValueError(f"conv_channels={self.conv_channels}; expected >= 2 positive widths")
-        if len(self.conv_strides) != len(self.conv_channels) - 1 or not set(
-                self.conv_strides) <= {1, 2}:
-            raise ValueError(f"conv_strides={self.conv_strides}; expected "
-                             f"{len(self.conv_channels) - 1} entries of 1 or 2")
-        if self.conv_blocks < 1 or self.conv_expand < 1 or self.image_tokens < 1:
-            raise ValueError(f"conv_blocks={self.conv_blocks}, conv_expand={self.conv_expand}, "
-                             f"image_tokens={self.image_tokens}; expected each >= 1")
-        if not 0 <= self.conv_fused_stages <= len(self.conv_strides):
-            raise ValueError(f"conv_fused_stages={self.conv_fused_stages}; expected 0.."
-                             f"{len(self.conv_strides)} (the number of stages)")
+        check_conv_stem(self.conv_channels, self.conv_strides, self.conv_blocks,
+                        self.conv_expand, self.conv_fused_stages, self.image_tokens)
         if self.action_bins < 2:
             raise ValueError(f"action_bins={self.action_bins}; expected >= 2")
         if self.action_bounds not in ("spec", "data"):

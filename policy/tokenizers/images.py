@@ -353,6 +353,22 @@ class TokenLearner(nn.Module):
 
 
 BACKBONES = ("film_efficientnet", "efficientnet_lite0")
+
+
+def check_conv_stem(channels: Sequence[int], strides: Sequence[int], blocks: int, expand: int,
+                    fused_stages: int, image_tokens: int) -> None:
+    """Raise ValueError naming a bad setting of RT1ImageTokenizer's FiLM-EfficientNet stem."""
+    if len(channels) < 2 or min(channels) < 1:
+        raise ValueError(f"conv_channels={tuple(channels)}; expected >= 2 positive widths")
+    if len(strides) != len(channels) - 1 or not set(strides) <= {1, 2}:
+        raise ValueError(f"conv_strides={tuple(strides)}; expected {len(channels) - 1} entries "
+                         f"of 1 or 2")
+    if blocks < 1 or expand < 1 or image_tokens < 1:
+        raise ValueError(f"conv_blocks={blocks}, conv_expand={expand}, image_tokens="
+                         f"{image_tokens}; expected each >= 1")
+    if not 0 <= fused_stages <= len(strides):
+        raise ValueError(f"conv_fused_stages={fused_stages}; expected 0..{len(strides)} "
+                         f"(the number of stages)")
 # The ImageNet Lite0 stem and blocks, converted by scripts/convert_efficientnet_lite0.py;
 # `pretrained_backbone=imagenet` selects it.
 LITE0_IMAGENET = (Path(__file__).resolve().parents[1] / "pretrained" / "backbones"
