@@ -91,10 +91,7 @@ class ServerConfig:
     torch_threads: int = 1
 
     def __post_init__(self) -> None:
-        if self.token is None:
-            self.token = os.environ.get(TOKEN_ENV) or None
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"server.port={self.port}; expected 0..65535")
+        self.token = check_listen(self.host, self.port, self.token, TOKEN_ENV)
         if self.max_message_bytes <= 0:
             raise ValueError(f"server.max_message_bytes={self.max_message_bytes}; expected > 0")
         for name in ("max_instruction_chars", "max_connections"):
@@ -103,10 +100,19 @@ class ServerConfig:
         if self.hard_max_message_bytes < self.max_message_bytes:
             raise ValueError(f"server.hard_max_message_bytes={self.hard_max_message_bytes} is "
                              f"below max_message_bytes={self.max_message_bytes}")
-        if not is_loopback(self.host) and not self.token:
-            raise ValueError(
-                f"refusing to listen on non-loopback host {self.host!r} without a token: set "
-                f"server.token or the {TOKEN_ENV} environment variable, or bind 127.0.0.1")
+
+
+def check_listen(host: str, port: int, token: str | None, token_env: str) -> str | None:
+    """The token to require (`token`, else the `token_env` variable, else None); raises
+    ValueError for a port outside 0..65535 or a non-loopback host without a token."""
+    token = token if token is not None else (os.environ.get(token_env) or None)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"server.port={port}; expected 0..65535")
+    if not is_loopback(host) and not token:
+        raise ValueError(
+            f"refusing to listen on non-loopback host {host!r} without a token: set "
+            f"server.token or the {token_env} environment variable, or bind 127.0.0.1")
+    return token
 
 
 def is_loopback(host: str) -> bool:

@@ -6,10 +6,9 @@ Loopback by default. Any other address needs a token, as the bridge's server doe
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
-from policy.bridge.server import is_loopback
+from policy.bridge.server import check_listen
 
 TOKEN_ENV = "ROBOTOK_PLAY_TOKEN"
 
@@ -26,14 +25,7 @@ class PlayServerConfig:
     torch_threads: int = 1
 
     def __post_init__(self) -> None:
-        if self.token is None:
-            self.token = os.environ.get(TOKEN_ENV) or None
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"server.port={self.port}; expected 0..65535")
         for name in ("max_sessions", "torch_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"server.{name}={getattr(self, name)}; expected >= 1")
-        if not is_loopback(self.host) and not self.token:
-            raise ValueError(
-                f"refusing to listen on non-loopback host {self.host!r} without a token: set "
-                f"server.token or the {TOKEN_ENV} environment variable, or bind 127.0.0.1")
+        self.token = check_listen(self.host, self.port, self.token, TOKEN_ENV)
