@@ -51,13 +51,33 @@ def check_mirror_camera(camera: Mapping[str, Any] | None) -> None:
                          f"eye y={eye_y}, target y={target_y}. Set augment_mirror=0.")
 
 
+def check_mirror_wrist(wrist_camera: Mapping[str, Any] | None) -> None:
+    """Raise unless the wrist camera sits in its hand's x-z plane (offset and look-at y = 0,
+    "up" along the hand's x axis, as envs/camera.py mounts it).
+
+    Then the mirrored hand pose (quaternion (-x, y, -z, w)) carries the mirror image of the
+    camera: eye, target and up all reflect, and a reflected camera over the reflected scene
+    sees the original image flipped left-right, as the front camera does.
+    tests/policy/test_wrist.py renders both sides and compares.
+    """
+    if not isinstance(wrist_camera, Mapping) or "offset" not in wrist_camera or (
+            "look_at" not in wrist_camera):
+        raise ValueError(f"augment_mirror with the wrist camera needs its offset and look_at "
+                         f"in env_info; got wrist_camera={wrist_camera!r}")
+    off_y, look_y = float(wrist_camera["offset"][1]), float(wrist_camera["look_at"][1])
+    if abs(off_y) > 1e-6 or abs(look_y) > 1e-6:
+        raise ValueError(f"augment_mirror assumes a wrist camera in the hand's x-z plane; this "
+                         f"one has offset y={off_y}, look_at y={look_y}. Set augment_mirror=0.")
+
+
 def mirror_batch(batch: Mapping[str, Any], action_names: Sequence[str], prob: float,
-                 generator: torch.Generator | None = None) -> dict[str, Any]:
+                 generator: torch.Generator | None = None, wrist: bool = False
+                 ) -> dict[str, Any]:
     """A copy of a contract batch with each sample mirrored with probability `prob`.
 
-    All frames of a sample are mirrored together. Images (B, T, H, W, 3) flip along W. A
-    wrist image is dropped from mirrored batches: its camera turns with the hand, so which
-    image axis world y maps to depends on the mounting, and no policy reads it yet.
+    All frames of a sample are mirrored together. Images (B, T, H, W, 3) flip along W. The
+    wrist image flips along W too when `wrist` (a camera that :func:`check_mirror_wrist`
+    accepts); otherwise it is dropped, for policies that do not read it.
     """
     out = dict(batch)
     if prob <= 0:
@@ -69,7 +89,11 @@ def mirror_batch(batch: Mapping[str, Any], action_names: Sequence[str], prob: fl
         return out
     f_img = flip.view(b, 1, 1, 1, 1).to(image.device)
     out[IMAGE] = torch.where(f_img, image.flip(3), image)
-    out.pop(WRIST_IMAGE, None)
+    if wrist and WRIST_IMAGE in batch:
+        w_img = batch[WRIST_IMAGE]
+        out[WRIST_IMAGE] = torch.where(f_img.to(w_img.device), w_img.flip(3), w_img)
+    else:
+        out.pop(WRIST_IMAGE, None)
     state = batch[STATE]
     s_signs = _signs(STATE_NAMES, MIRROR_STATE_SIGNS).to(state.device, state.dtype)
     out[STATE] = torch.where(flip.view(b, 1, 1).to(state.device), state * s_signs, state)

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from envs.spec import ACTION, IMAGE, INSTRUCTION, STATE, STATE_NAMES, ActionSpec
-from policy.augment import check_mirror_camera, mirror_batch
+from envs.spec import ACTION, IMAGE, INSTRUCTION, STATE, STATE_NAMES, WRIST_IMAGE, ActionSpec
+from policy.augment import check_mirror_camera, check_mirror_wrist, mirror_batch
 
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "action_spec.json", "stats.json",
                     "env.json")
@@ -46,12 +46,14 @@ _REGISTRY: dict[str, type[Policy]] = {}
 
 @dataclass(frozen=True)
 class EnvSummary:
-    """What a policy checks about an environment: image shape, camera, renderer, action spec."""
+    """What a policy checks about an environment: image shape, camera, renderer, action spec,
+    and the wrist camera (None where the env has none)."""
 
     image_shape: tuple[int, ...] | None
     camera: Any
     renderer: Any
     action_spec: ActionSpec | None
+    wrist_camera: Any = None
 
 
 def summarize_env(env_info: Mapping[str, Any] | None) -> EnvSummary:
@@ -80,6 +82,7 @@ def summarize_env(env_info: Mapping[str, Any] | None) -> EnvSummary:
         renderer=_jsonable(find("renderer")),
         action_spec=None if spec is None else (
             spec if isinstance(spec, ActionSpec) else ActionSpec.from_dict(spec)),
+        wrist_camera=_jsonable(find("wrist_camera")),
     )
 
 
@@ -195,6 +198,9 @@ class Policy(nn.Module):
         if len(summary.image_shape) != 3 or summary.image_shape[2] != 3:
             raise ValueError(f"image shape {summary.image_shape}; expected (H, W, 3)")
         self.image_shape: tuple[int, int, int] = summary.image_shape  # type: ignore[assignment]
+        self.wrist_shape: tuple[int, int, int] | None = None
+        if self.reads_wrist:
+            self.wrist_shape = _wrist_shape(summary.wrist_camera)
         self.instruction: str | None = None
         self.mirror_prob = float(getattr(config, "augment_mirror", 0.0) or 0.0)
         if self.mirror_prob > 0:
@@ -206,8 +212,16 @@ class Policy(nn.Module):
                 self.mirror_prob = 0.0
             else:
                 check_mirror_camera(cam)
+                if self.reads_wrist:
+                    check_mirror_wrist(summary.wrist_camera)
 
     # -- to implement ---------------------------------------------------------------------
+
+    @property
+    def reads_wrist(self) -> bool:
+        """Whether this policy reads the wrist camera (obs["wrist_image"]) besides the front
+        one; a family that can overrides this from its config."""
+        return False
 
     def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
@@ -216,8 +230,18 @@ class Policy(nn.Module):
         raise NotImplementedError
 
     def _act(self, image: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """One control step: uint8 (H, W, 3), float (S,) -> action float (A,)."""
+        """One control step: uint8 (H, W, 3), float (S,) -> action float (A,). A policy that
+        reads the wrist camera also gets ``wrist=`` uint8 (H', W', 3)."""
         raise NotImplementedError
+
+    def observation_shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """The arrays ``select_action`` needs: key -> (shape, dtype); the bridge announces
+        them to clients (besides the instruction, which comes with ``reset``)."""
+        shapes = {IMAGE: (tuple(self.image_shape), "uint8")}
+        if self.wrist_shape is not None:
+            shapes[WRIST_IMAGE] = (tuple(self.wrist_shape), "uint8")
+        shapes[STATE] = ((len(STATE_NAMES),), "float32")
+        return shapes
 
     # -- acting ---------------------------------------------------------------------------
 
@@ -269,8 +293,20 @@ class Policy(nn.Module):
         if tuple(state.shape) != (len(STATE_NAMES),):
             raise ValueError(f"observation state has shape {tuple(state.shape)}; expected "
                              f"({len(STATE_NAMES)},) for {list(STATE_NAMES)}")
+        extra = {}
+        if self.wrist_shape is not None:
+            if WRIST_IMAGE not in observation:
+                raise KeyError(f"observation lacks {WRIST_IMAGE!r}: this policy reads the wrist "
+                               f"camera (make the env with wrist_camera=True); has "
+                               f"{sorted(observation)}")
+            wrist = torch.as_tensor(np.asarray(observation[WRIST_IMAGE]))
+            if tuple(wrist.shape) != self.wrist_shape or wrist.dtype != torch.uint8:
+                raise ValueError(f"observation wrist image is {wrist.dtype} "
+                                 f"{tuple(wrist.shape)}; this policy expects uint8 "
+                                 f"{self.wrist_shape}")
+            extra["wrist"] = wrist.to(self.device)
         with self._acting():
-            action = self._act(image.to(self.device), state.to(self.device))
+            action = self._act(image.to(self.device), state.to(self.device), **extra)
         return action.float().cpu().numpy().astype(np.float32)
 
     # -- batches --------------------------------------------------------------------------
@@ -279,8 +315,24 @@ class Policy(nn.Module):
         """The batch with training-time augmentation that changes labels (the left-right
         mirror, policy/augment.py) when training; unchanged in eval mode."""
         if self.training and self.mirror_prob > 0:
-            return mirror_batch(batch, self.action_spec.names, self.mirror_prob)
+            return mirror_batch(batch, self.action_spec.names, self.mirror_prob,
+                                wrist=self.reads_wrist)
         return batch
+
+    def unpack_wrist(self, batch: Mapping[str, Any], image: torch.Tensor) -> torch.Tensor:
+        """The batch's wrist images uint8 (B, T, H', W', 3) on the model's device, checked
+        against the front images (B, T, ...) and this policy's wrist shape."""
+        if WRIST_IMAGE not in batch:
+            raise KeyError(f"batch lacks {WRIST_IMAGE!r}: this policy reads the wrist camera, "
+                           f"so its store must be collected with env.wrist_camera=true; has "
+                           f"{sorted(batch)}")
+        wrist = batch[WRIST_IMAGE]
+        if wrist.ndim != 5 or tuple(wrist.shape[:2]) != tuple(image.shape[:2]) or tuple(
+                wrist.shape[2:]) != self.wrist_shape:
+            raise ValueError(f"batch wrist image has shape {tuple(wrist.shape)}; expected "
+                             f"({image.shape[0]}, {image.shape[1]}, "
+                             f"{', '.join(map(str, self.wrist_shape or ()))})")
+        return wrist.to(self.device)
 
     def _unpack(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
         """Check a contract batch and move it to the model's device.
@@ -376,6 +428,9 @@ class Policy(nn.Module):
         if theirs.image_shape != self.image_shape:
             raise ValueError(f"image shape mismatch: policy expects {self.image_shape}, env "
                              f"gives {theirs.image_shape}")
+        if self.wrist_shape is not None and mine.wrist_camera != theirs.wrist_camera:
+            raise ValueError(f"wrist camera mismatch: policy reads {mine.wrist_camera!r}, env "
+                             f"has {theirs.wrist_camera!r} (make it with wrist_camera=True)")
         if mine.renderer is not None and mine.renderer != theirs.renderer:
             raise ValueError(f"renderer mismatch: policy was trained with {mine.renderer!r}, "
                              f"env has {theirs.renderer!r}")
@@ -395,6 +450,18 @@ class Policy(nn.Module):
                 detail = ", ".join(f"{k}: {mine.camera.get(k)!r} != {theirs.camera.get(k)!r}"
                                    for k in diff)
                 raise ValueError(f"camera mismatch (policy vs env): {detail}")
+
+
+def _wrist_shape(wrist_camera: Any) -> tuple[int, int, int]:
+    """(H, W, 3) from an env's wrist camera description, or a clear error."""
+    if not isinstance(wrist_camera, Mapping) or "image_shape" not in wrist_camera:
+        raise ValueError(f"this policy reads the wrist camera, but env_info describes none "
+                         f"(wrist_camera={wrist_camera!r}); collect and evaluate with "
+                         f"env.wrist_camera=true")
+    shape = tuple(int(v) for v in wrist_camera["image_shape"])
+    if len(shape) != 3 or shape[2] != 3:
+        raise ValueError(f"wrist image shape {shape}; expected (H, W, 3)")
+    return shape  # type: ignore[return-value]
 
 
 def _config_from_dict(config_class: type, data: Mapping[str, Any]) -> Any:

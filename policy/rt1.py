@@ -83,6 +83,8 @@ class RT1Config:
     backbone: str = "film_efficientnet"  # or "efficientnet_lite0": RT-1's ImageNet family
     lite_blocks: int = 8  # efficientnet_lite0: how many of its blocks (8: through 80 channels)
     lite_frozen: int = 0  # efficientnet_lite0: stem + this many blocks kept frozen, no FiLM
+    wrist_camera: bool = False  # also read the wrist camera: its own FiLM stem + TokenLearner
+    wrist_tokens: int = 8  # TokenLearner tokens per wrist frame (with wrist_camera)
 
     def __post_init__(self) -> None:
         self.conv_channels = tuple(int(c) for c in self.conv_channels)
@@ -110,6 +112,8 @@ class RT1Config:
         if self.backbone == "efficientnet_lite0" and not 0 <= self.lite_frozen < self.lite_blocks:
             raise ValueError(f"lite_frozen={self.lite_frozen}; expected 0..{self.lite_blocks - 1}"
                              f" (lite_blocks={self.lite_blocks}: at least one block trains)")
+        if self.wrist_camera and self.wrist_tokens < 1:
+            raise ValueError(f"wrist_tokens={self.wrist_tokens}; expected >= 1 with wrist_camera")
         if self.pretrained_backbone == "imagenet" and self.backbone != "efficientnet_lite0":
             raise ValueError(f"pretrained_backbone='imagenet' needs backbone="
                              f"'efficientnet_lite0'; got {self.backbone!r}")
@@ -136,16 +140,25 @@ class RT1Policy(Policy):
             c.d_model, c.text_dim, c.conv_channels, c.conv_strides, c.conv_blocks,
             c.conv_expand, c.image_tokens, c.conv_fused_stages, c.position_encoding,
             c.text_norm, c.backbone, c.lite_blocks, c.lite_frozen)
+        # The wrist camera gets a stem of its own (same settings): it sees the scene from the
+        # hand, at another scale and angle, so sharing the front stem's filters buys little.
+        self.wrist_tokenizer = (RT1ImageTokenizer(
+            c.d_model, c.text_dim, c.conv_channels, c.conv_strides, c.conv_blocks,
+            c.conv_expand, c.wrist_tokens, c.conv_fused_stages, c.position_encoding,
+            c.text_norm, c.backbone, c.lite_blocks, c.lite_frozen) if c.wrist_camera else None)
         self.state_tokenizer = (StateTokenizer(len(STATE_NAMES), c.d_model, self.stats)
                                 if c.use_state else None)
-        self.tokens_per_frame = c.image_tokens + int(c.use_state)
+        self.tokens_per_frame = (c.image_tokens + (c.wrist_tokens if c.wrist_camera else 0)
+                                 + int(c.use_state))
         # learned position of every token in the window: (frame, token within frame)
         self.pos = nn.Parameter(torch.randn(c.history, self.tokens_per_frame, c.d_model) * 0.02)
         self.transformer = Transformer(c.transformer)
         self.head = nn.Linear(c.d_model, len(action_spec) * c.action_bins)
         if c.pretrained_backbone:
-            load_backbone(self.image_tokenizer.backbone,
-                          resolve_pretrained(c.pretrained_backbone, c.backbone))
+            for tokenizer in (self.image_tokenizer, self.wrist_tokenizer):
+                if tokenizer is not None:
+                    load_backbone(tokenizer.backbone,
+                                  resolve_pretrained(c.pretrained_backbone, c.backbone))
         self._text_emb: torch.Tensor | None = None
         self._frames: deque[torch.Tensor] = deque(maxlen=c.history)
 
@@ -159,21 +172,35 @@ class RT1Policy(Policy):
                              f"embeddings; config text_dim is {self.config.text_dim}")
         return emb.to(self.device)
 
-    def frame_tokens(self, image: torch.Tensor, state: torch.Tensor, text: torch.Tensor,
-                     augment: bool) -> torch.Tensor:
-        """uint8 (B, T, H, W, 3), state (B, T, S), text (B, Dt) -> tokens (B, T, n, d)."""
+    @property
+    def reads_wrist(self) -> bool:
+        return bool(self.config.wrist_camera)
+
+    def _image_tokens(self, tokenizer: nn.Module, image: torch.Tensor, text: torch.Tensor,
+                      augment: bool) -> torch.Tensor:
+        """uint8 (B, T, H, W, 3) through one camera's stem -> tokens (B, T, n, d)."""
         b, t = image.shape[:2]
         x = preprocess_images(rearrange(image, "b t h w c -> (b t) h w c"), self.config.resize_to)
         if augment and self.config.augment_shift > 0:
             x = random_shift(rearrange(x, "(b t) c h w -> b t c h w", b=b),
                              self.config.augment_shift)
             x = rearrange(x, "b t c h w -> (b t) c h w")
-        tokens = self.image_tokenizer(x, repeat(text, "b d -> (b t) d", t=t))  # (BT, 8, d)
-        tokens = rearrange(tokens, "(b t) n d -> b t n d", b=b)
+        tokens = tokenizer(x, repeat(text, "b d -> (b t) d", t=t))  # (BT, n, d)
+        return rearrange(tokens, "(b t) n d -> b t n d", b=b)
+
+    def frame_tokens(self, image: torch.Tensor, state: torch.Tensor, text: torch.Tensor,
+                     augment: bool, wrist: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 (B, T, H, W, 3), state (B, T, S), text (B, Dt) [, wrist uint8 (B, T, H', W',
+        3)] -> tokens (B, T, n, d): front image, wrist image, state."""
+        parts = [self._image_tokens(self.image_tokenizer, image, text, augment)]
+        if self.wrist_tokenizer is not None:
+            if wrist is None:
+                raise ValueError("this RT-1 reads the wrist camera (wrist_camera=True); no "
+                                 "wrist image was given")
+            parts.append(self._image_tokens(self.wrist_tokenizer, wrist, text, augment))
         if self.state_tokenizer is not None:
-            tokens = torch.cat([tokens, rearrange(self.state_tokenizer(state),
-                                                  "b t d -> b t 1 d")], dim=2)
-        return tokens
+            parts.append(rearrange(self.state_tokenizer(state), "b t d -> b t 1 d"))
+        return torch.cat(parts, dim=2)
 
     def action_logits(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Frame tokens (B, T, n, d) + valid frames (B, T) -> logits (B, T, A, bins).
@@ -199,8 +226,9 @@ class RT1Policy(Policy):
         """A contract batch -> logits (B, T, A, K), target bins (B, T, A), valid (B, T)."""
         batch = self.augment(batch)
         image, state, action, valid = self._unpack(batch)
+        wrist = self.unpack_wrist(batch, image) if self.reads_wrist else None
         text = self.encode_text(batch[INSTRUCTION])
-        tokens = self.frame_tokens(image, state, text, augment=self.training)
+        tokens = self.frame_tokens(image, state, text, augment=self.training, wrist=wrist)
         return self.action_logits(tokens, valid), self.action_tokenizer.encode(action), valid
 
     def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -214,9 +242,11 @@ class RT1Policy(Policy):
         self._text_emb = self.encode_text([instruction])
         self._frames.clear()
 
-    def _act(self, image: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    def _act(self, image: torch.Tensor, state: torch.Tensor,
+             wrist: torch.Tensor | None = None) -> torch.Tensor:
         tok = self.frame_tokens(image[None, None], state[None, None], self._text_emb,
-                                augment=False)
+                                augment=False,
+                                wrist=None if wrist is None else wrist[None, None])
         self._frames.append(tok[0, 0])
         t, n = self.config.history, len(self._frames)
         tokens = torch.zeros(1, t, *tok.shape[2:], device=tok.device)

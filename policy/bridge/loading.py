@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from envs.spec import CONTROL_HZ, IMAGE, INSTRUCTION, STATE, STATE_NAMES
+from envs.spec import CONTROL_HZ, INSTRUCTION, STATE, STATE_NAMES
 from policy.base import Policy, summarize_env
 from policy.checkpoint_hash import checkpoint_sha256
 
@@ -68,13 +68,14 @@ class SessionFactory:
 def warm_up(policy: Policy, steps: int) -> float:
     """Run `steps` dummy control steps (first calls allocate and load the text model);
     return the last step's latency in milliseconds."""
-    image = np.zeros(policy.image_shape, dtype=np.uint8)
-    state = np.zeros(len(STATE_NAMES), dtype=np.float32)
+    observation: dict[str, Any] = {key: np.zeros(shape, dtype=dtype)
+                                   for key, (shape, dtype) in policy.observation_shapes().items()}
+    observation[INSTRUCTION] = "warm up"
     policy.reset("warm up")
     last = float("nan")
     for _ in range(steps):
         start = time.perf_counter()
-        policy.select_action({IMAGE: image, STATE: state, INSTRUCTION: "warm up"})
+        policy.select_action(observation)
         last = (time.perf_counter() - start) * 1e3
     return last
 
@@ -103,8 +104,8 @@ def load_served_policy(checkpoint: str | Path, warmup_steps: int = 3,
         kind=policy.kind,
         new_session=factory,
         action_spec=policy.action_spec.to_dict(),
-        observation={IMAGE: ArraySpec(tuple(policy.image_shape), "uint8"),
-                     STATE: ArraySpec((len(state_names),), "float32")},
+        observation={key: ArraySpec((len(state_names),) if key == STATE else shape, dtype)
+                     for key, (shape, dtype) in policy.observation_shapes().items()},
         state_names=state_names,
         control_hz=float(control_hz),
         checkpoint_sha256=checkpoint_sha256(checkpoint),
