@@ -116,14 +116,19 @@ def _failure_phase_lines(report: EvalReport, pols: list[str]) -> list[str]:
                       "`reached` = it got there but never held it; `grasped` = held it "
                       "but did not finish (lift, carry or place); `carried` = put it at the "
                       "goal but did not release it there; `touched` = pushed without "
-                      "getting it past the line.", ""]
-        lines += [f"**{pol}**", "", "| task | failures | " + " | ".join(PHASES) + " |",
-                  "|" + "---|" * (len(PHASES) + 2)]
+                      "getting it past the line. `stopped` = the share of failures that "
+                      "ended by the policy's own terminate flag (the rest ran to the step "
+                      "limit).", ""]
+        terminated = report.failures_terminated(pol)
+        lines += [f"**{pol}**", "",
+                  "| task | failures | " + " | ".join(PHASES) + " | stopped |",
+                  "|" + "---|" * (len(PHASES) + 3)]
         for task, counts in phases.items():
             n = sum(counts.values())
             known = ("none", *getattr(TASK_CLASSES.get(task), "milestones", ()))
             cells = [f"{100 * counts.get(k, 0) / n:.0f}%" if k in known else "-"
                      for k in PHASES]
+            cells.append(f"{100 * terminated.get(task, 0) / n:.0f}%")
             lines.append(f"| {task} | {n} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines

@@ -140,6 +140,15 @@ class EvalReport:
                 counts[r.furthest] = counts.get(r.furthest, 0) + 1
         return out
 
+    def failures_terminated(self, policy: str) -> dict[str, int]:
+        """Per task, how many of `policy`'s failed episodes ended by its own terminate flag
+        (it stopped, believing it was done) rather than at the step limit."""
+        out: dict[str, int] = {}
+        for r in self.rows:
+            if r.policy == policy and r.error is None and not r.success:
+                out[r.task] = out.get(r.task, 0) + int(r.ended_by == "terminate")
+        return out
+
     def aggregate(
         self, policy: str, task: str | None = None, split: str | None = None
     ) -> Aggregate:

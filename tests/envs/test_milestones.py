@@ -52,15 +52,16 @@ def test_report_counts_failures_by_phase() -> None:
     ]):
         rows.append({"policy": "rt1", "task": task, "split": "seen", "index": i,
                      "seed": 100 + i, "instruction": "x", "success": success, "steps": 3,
-                     "return": 0.0, "ended_by": "step_limit", "error": None,
-                     "furthest": furthest})
+                     "return": 0.0, "ended_by": "terminate" if i == 0 else "step_limit",
+                     "error": None, "furthest": furthest})
     report = EvalReport.from_dict({"format_version": EvalReport([]).to_dict()["format_version"],
                                    "meta": {}, "episodes": rows})
     assert report.failure_phases("rt1") == {"stack": {"none": 1, "grasped": 2, "carried": 1},
                                             "push": {"touched": 1}}
     md = markdown_report(report)
-    assert "| stack | 4 | 25% | 0% | 50% | 25% | - |" in md
-    assert "| push | 1 | 0% | 0% | - | - | 100% |" in md
+    assert report.failures_terminated("rt1") == {"stack": 1, "push": 0}
+    assert "| stack | 4 | 25% | 0% | 50% | 25% | - | 25% |" in md
+    assert "| push | 1 | 0% | 0% | - | - | 100% | 0% |" in md
 
 
 def test_old_reports_without_milestones_still_load() -> None:
