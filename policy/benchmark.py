@@ -38,7 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from envs.spec import DEFAULT_ACTION_SPEC
+from envs.camera import WristCameraConfig
+from envs.spec import DEFAULT_ACTION_SPEC, WRIST_IMAGE
 from policy.base import Policy, make_policy
 from policy.train.config import OptimConfig, bf16_cpu_enabled
 from policy.train.loop import autocast_for, compile_policy, set_optimizer_impl, update_policy
@@ -132,15 +133,21 @@ def time_calls(fn: Callable[[int], Any], calls: int, warmup: int) -> Timing:
     return Timing.of(seconds, cpu_seconds)
 
 
-def synthetic_batch(b: int, t: int, size: int, seed: int = 0) -> dict[str, Any]:
-    """A training batch in the contract layout (CONTRACTS.md, "Dataset for torch")."""
+def synthetic_batch(b: int, t: int, size: int, seed: int = 0, wrist: bool = False
+                    ) -> dict[str, Any]:
+    """A training batch in the contract layout (CONTRACTS.md, "Dataset for torch"); with
+    `wrist`, wrist-camera images of the same size too."""
     g = torch.Generator().manual_seed(seed)
-    return {"image": torch.randint(0, 256, (b, t, size, size, 3), generator=g,
-                                   dtype=torch.uint8),
-            "state": torch.randn(b, t, 8, generator=g),
-            "action": torch.rand(b, t, 8, generator=g) * 2 - 1,
-            "pad": torch.zeros(b, t, dtype=torch.bool),
-            "instruction": ["pick up the red block"] * b}
+    batch = {"image": torch.randint(0, 256, (b, t, size, size, 3), generator=g,
+                                    dtype=torch.uint8),
+             "state": torch.randn(b, t, 8, generator=g),
+             "action": torch.rand(b, t, 8, generator=g) * 2 - 1,
+             "pad": torch.zeros(b, t, dtype=torch.bool),
+             "instruction": ["pick up the red block"] * b}
+    if wrist:
+        batch[WRIST_IMAGE] = torch.randint(0, 256, (b, t, size, size, 3), generator=g,
+                                           dtype=torch.uint8)
+    return batch
 
 
 def bench_policy(name: str, config: Any, image_size: int, act_calls: int, warmup: int,
@@ -158,8 +165,11 @@ def bench_policy(name: str, config: Any, image_size: int, act_calls: int, warmup
     policy.reset(instruction)
 
     def act(i: int) -> None:
-        policy.select_action({"image": frames[i % 16], "state": np.zeros(8, np.float32),
-                              "instruction": instruction})
+        obs = {"image": frames[i % 16], "state": np.zeros(8, np.float32),
+               "instruction": instruction}
+        if policy.reads_wrist:
+            obs[WRIST_IMAGE] = frames[(i + 8) % 16]
+        policy.select_action(obs)
 
     result.act = time_calls(act, act_calls, warmup)
     if hasattr(policy, "use_kv_cache"):
@@ -424,8 +434,11 @@ class TrainStepper:
 
 
 def demo_env_info(image_size: int) -> dict[str, Any]:
+    """The demo env's description: front camera, and a wrist camera that only policies with
+    ``wrist_camera`` read."""
     return {"image_shape": [image_size, image_size, 3],
-            "action_spec": DEFAULT_ACTION_SPEC.to_dict(), "camera": DEMO_CAMERA}
+            "action_spec": DEFAULT_ACTION_SPEC.to_dict(), "camera": DEMO_CAMERA,
+            "wrist_camera": WristCameraConfig(width=image_size, height=image_size).to_dict()}
 
 
 def act_latency(config: Any, image_size: int, calls: int, warmup: int) -> Timing:
@@ -440,8 +453,11 @@ def act_latency(config: Any, image_size: int, calls: int, warmup: int) -> Timing
     def act(i: int) -> None:
         if i % 20 == 0:  # episodes of 20 steps, as a pick takes
             policy.reset(instruction)
-        policy.select_action({"image": frames[i % 16], "state": np.zeros(8, np.float32),
-                              "instruction": instruction})
+        obs = {"image": frames[i % 16], "state": np.zeros(8, np.float32),
+               "instruction": instruction}
+        if policy.reads_wrist:
+            obs[WRIST_IMAGE] = frames[(i + 8) % 16]
+        policy.select_action(obs)
 
     return time_calls(act, calls, warmup)
 
@@ -565,8 +581,9 @@ def ab_lever(name: str, config: Any, lever: str, base: TrainOptions, image_size:
         b_opts = base.with_lever(lever)
     info = demo_env_info(image_size)
     a, b = TrainStepper(config, info, base), TrainStepper(config_b, info, b_opts)
-    a_s, b_s = time_ab(a, b, synthetic_batch(train_batch, config.history, image_size), rounds,
-                       steps_per_round)
+    wrist = a.policy.reads_wrist or b.policy.reads_wrist
+    a_s, b_s = time_ab(a, b, synthetic_batch(train_batch, config.history, image_size,
+                                             wrist=wrist), rounds, steps_per_round)
     result = LeverResult(name, lever, threads, a_s * 1e3, b_s * 1e3, a_s / b_s, rounds,
                          steps_per_round)
     if store:
