@@ -53,6 +53,7 @@ def make_env(
     split: str = "seen",
     image_size: int = 96,
     wrist_camera: bool = False,
+    background_mask: bool = False,
     render_mode: str | None = "rgb_array",
     max_steps: int | None = None,
     split_overrides: dict[str, Any] | None = None,
@@ -61,11 +62,13 @@ def make_env(
 ) -> TabletopEnv:
     """Build one TabletopEnv (no gymnasium wrappers). `skip_render=True` returns black
     images: a fast path for oracle-only checks; the default always renders. `physics`:
-    envs.physics.PhysicsConfig fields (None: the defaults stores and checkpoints use)."""
+    envs.physics.PhysicsConfig fields (None: the defaults stores and checkpoints use).
+    `background_mask=True` adds obs["background_mask"] (envs/tabletop.py)."""
     from envs.tabletop import TabletopEnv
 
     return TabletopEnv(task=task, split=split, image_size=image_size,
-                       wrist_camera=wrist_camera, render_mode=render_mode,
+                       wrist_camera=wrist_camera, background_mask=background_mask,
+                       render_mode=render_mode,
                        max_steps=max_steps, split_overrides=split_overrides,
                        skip_render=skip_render, physics=physics)
 

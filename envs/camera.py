@@ -8,6 +8,7 @@ every machine (so the same seed gives the same pixels), and a frame costs about 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -76,16 +77,35 @@ class Lighting:
     specular: float = 0.1
 
 
-def _render(client: int, width: int, height: int, view: list, proj: list,
-            light: Lighting) -> np.ndarray:
-    _, _, rgba, _, _ = p.getCameraImage(
+def _render_buffers(client: int, width: int, height: int, view: list, proj: list,
+                    light: Lighting, segmentation: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """RGB uint8 (H, W, 3) and, with `segmentation`, the body id of every pixel int32 (H, W)
+    (-1 where no body is drawn; pybullet's default flags give the body id alone)."""
+    _, _, rgba, _, seg = p.getCameraImage(
         width, height, viewMatrix=view, projectionMatrix=proj, renderer=p.ER_TINY_RENDERER,
         shadow=0, lightDirection=list(light.direction), lightColor=list(light.colour),
         lightAmbientCoeff=light.ambient, lightDiffuseCoeff=light.diffuse,
-        lightSpecularCoeff=light.specular, flags=p.ER_NO_SEGMENTATION_MASK,
-        physicsClientId=client)
+        lightSpecularCoeff=light.specular,
+        flags=0 if segmentation else p.ER_NO_SEGMENTATION_MASK, physicsClientId=client)
     # pybullet returns a flat or (H, W, 4) buffer depending on its numpy support.
-    return np.asarray(rgba, dtype=np.uint8).reshape(height, width, 4)[..., :3].copy()
+    rgb = np.asarray(rgba, dtype=np.uint8).reshape(height, width, 4)[..., :3].copy()
+    if not segmentation:
+        return rgb, None
+    return rgb, np.asarray(seg, dtype=np.int32).reshape(height, width)
+
+
+def _render(client: int, width: int, height: int, view: list, proj: list,
+            light: Lighting) -> np.ndarray:
+    return _render_buffers(client, width, height, view, proj, light, False)[0]
+
+
+def background_mask(seg: np.ndarray, foreground: Iterable[int]) -> np.ndarray:
+    """uint8 (H, W): 1 where a segmentation buffer shows no `foreground` body (the table, the
+    empty space behind it), 0 on the robot and the objects. Ids may carry a link index in
+    bits 24 and up (ER_SEGMENTATION_MASK_OBJECT_AND_LINKINDEX); only the body id counts."""
+    seg = np.asarray(seg, dtype=np.int64)
+    body = np.where(seg >= 0, seg & ((1 << 24) - 1), -1)
+    return (~np.isin(body, np.fromiter(foreground, dtype=np.int64))).astype(np.uint8)
 
 
 class FrontCamera:
@@ -106,6 +126,15 @@ class FrontCamera:
     def render(self, client: int, light: Lighting) -> np.ndarray:
         return _render(client, self.config.width, self.config.height, self.view, self.proj,
                        light)
+
+    def render_with_mask(self, client: int, light: Lighting, foreground: Iterable[int]
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """The same frame as `render` and its background mask (see `background_mask`), from
+        one render with pybullet's segmentation buffer on."""
+        rgb, seg = _render_buffers(client, self.config.width, self.config.height, self.view,
+                                   self.proj, light, True)
+        assert seg is not None
+        return rgb, background_mask(seg, foreground)
 
 
 class WristCamera:

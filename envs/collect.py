@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from envs.spec import (
+    BACKGROUND_MASK,
     COLLECT_SEED_START,
     DEFAULT_ACTION_SPEC,
     EVAL_SEED_START,
@@ -75,6 +76,11 @@ class CollectConfig:
     seed_start: int = COLLECT_SEED_START
     image_size: int = 64
     wrist_camera: bool = False
+    # Store the front camera's background mask per frame (data/background_mask, 0/1: the
+    # table and empty space vs the robot and objects), for policy augment_background. Same
+    # pixels and episodes as without it; rendering with pybullet's segmentation buffer costs
+    # a little more per frame (docs/experiments/2026-11-30-competence.md, section 8).
+    background_mask: bool = False
     max_steps: int | None = None  # None: the task's own limit
     noise_std: float = 0.15  # DART noise std, normalized action units
     noise_dims: tuple[str, ...] = ("x", "y", "z")
@@ -195,7 +201,7 @@ def rollout(env: Any, seed: int, task: str, split: str, noise_std: float,
     rng = dart_rng(seed)
     obs, info = env.reset(seed=seed)
     instruction = obs[INSTRUCTION]
-    frames: dict[str, list[np.ndarray]] = {IMAGE: [], WRIST_IMAGE: []}
+    frames: dict[str, list[np.ndarray]] = {IMAGE: [], WRIST_IMAGE: [], BACKGROUND_MASK: []}
     states, labels, executed = [], [], []
     success = False
     while True:
@@ -207,6 +213,8 @@ def rollout(env: Any, seed: int, task: str, split: str, noise_std: float,
         frames[IMAGE].append(obs[IMAGE])
         if WRIST_IMAGE in obs:
             frames[WRIST_IMAGE].append(obs[WRIST_IMAGE])
+        if BACKGROUND_MASK in obs:
+            frames[BACKGROUND_MASK].append(obs[BACKGROUND_MASK])
         states.append(np.asarray(obs[STATE], dtype=np.float32))
         labels.append(label)
         executed.append(act)
@@ -217,6 +225,8 @@ def rollout(env: Any, seed: int, task: str, split: str, noise_std: float,
     episode = Episode(
         image=np.stack(frames[IMAGE]),
         wrist_image=np.stack(frames[WRIST_IMAGE]) if frames[WRIST_IMAGE] else None,
+        background_mask=(np.stack(frames[BACKGROUND_MASK]) if frames[BACKGROUND_MASK]
+                         else None),
         state=np.stack(states),
         action=np.stack(labels),
         executed_action=np.stack(executed),
@@ -236,11 +246,13 @@ def replay(env: Any, episode: Episode) -> Episode:
     deterministic env reproduces the stored frames and states exactly.
     """
     obs, _ = env.reset(seed=episode.seed)
-    frames, wrist, states, labels = [], [], [], []
+    frames, wrist, masks, states, labels = [], [], [], [], []
     for t, act in enumerate(episode.executed_action):
         frames.append(obs[IMAGE])
         if WRIST_IMAGE in obs:
             wrist.append(obs[WRIST_IMAGE])
+        if BACKGROUND_MASK in obs:
+            masks.append(obs[BACKGROUND_MASK])
         states.append(np.asarray(obs[STATE], dtype=np.float32))
         labels.append(np.asarray(env.unwrapped.oracle_action(), dtype=np.float32))
         obs, _, terminated, truncated, info = env.step(act)
@@ -249,6 +261,7 @@ def replay(env: Any, episode: Episode) -> Episode:
                              f"stored episode has {len(episode)} steps")
     return Episode(
         image=np.stack(frames), wrist_image=np.stack(wrist) if wrist else None,
+        background_mask=np.stack(masks) if masks else None,
         state=np.stack(states), action=np.stack(labels),
         executed_action=episode.executed_action, instruction=obs[INSTRUCTION],
         task=episode.task, split=episode.split, seed=episode.seed,
@@ -265,7 +278,8 @@ def env_factory(cfg: CollectConfig) -> Callable[[str], Any]:
 
     def make(task: str) -> Any:
         return envs.make_env(task=task, split=cfg.split, image_size=cfg.image_size,
-                             wrist_camera=cfg.wrist_camera, render_mode="rgb_array",
+                             wrist_camera=cfg.wrist_camera,
+                             background_mask=cfg.background_mask, render_mode="rgb_array",
                              max_steps=cfg.max_steps, split_overrides=cfg.split_overrides,
                              physics=cfg.physics)
 
@@ -344,6 +358,7 @@ def run_worker(cfg: CollectConfig, global_worker: int, quota: int, skip: set[int
             Path(cfg.output) / shard_name(global_worker), info=info,
             image_shape=first["image_shape"], image_keys=image_keys,
             chunk_frames=cfg.chunk_frames,
+            mask_keys=[BACKGROUND_MASK] if cfg.background_mask else [],
         )
         limit = int(cfg.max_attempts_factor * quota) + 10
         for seed, task in worker_schedule(cfg, global_worker):

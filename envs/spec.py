@@ -26,6 +26,10 @@ import numpy as np
 # messages (docs/CONTRACTS.md, "The map"). No renaming layers anywhere.
 IMAGE = "image"
 WRIST_IMAGE = "wrist_image"
+# Optional per-frame uint8 (H, W) mask of the front camera: 1 on the table and the empty
+# background, 0 on the robot and the objects (collect.background_mask; training-time
+# background augmentation, policy/background.py). Never part of an observation a policy acts on.
+BACKGROUND_MASK = "background_mask"
 STATE = "state"
 INSTRUCTION = "instruction"
 ACTION = "action"

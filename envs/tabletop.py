@@ -45,6 +45,7 @@ from envs.physics import PhysicsConfig
 from envs.robot import Panda, Workspace
 from envs.scenes import SceneSet, TableLook, TextureFiles, load_scene_set
 from envs.spec import (
+    BACKGROUND_MASK,
     CONTROL_HZ,
     DEFAULT_ACTION_SPEC,
     IMAGE,
@@ -69,7 +70,9 @@ class TabletopEnv(gym.Env):
 
     task: a name in envs.TASKS; split: a name in envs.SPLITS, with `split_overrides`
     (SplitConfig field -> value) applied; image_size: front and wrist camera resolution;
-    wrist_camera: add obs["wrist_image"]; max_steps: None = the task's own limit;
+    wrist_camera: add obs["wrist_image"]; background_mask: add obs["background_mask"], uint8
+    (H, W) 1 on the table and the empty background, 0 on the robot and the objects (the
+    front camera's segmentation buffer, same render); max_steps: None = the task's own limit;
     skip_render: black images (oracle-only checks; physics is unchanged); physics:
     substeps, solver and IK settings (envs/physics.py; None = the defaults every store and
     checkpoint so far was made with).
@@ -83,6 +86,7 @@ class TabletopEnv(gym.Env):
         split: str = "seen",
         image_size: int = 96,
         wrist_camera: bool = False,
+        background_mask: bool = False,
         render_mode: str | None = "rgb_array",
         max_steps: int | None = None,
         split_overrides: dict[str, Any] | None = None,
@@ -125,6 +129,7 @@ class TabletopEnv(gym.Env):
         self.camera = FrontCamera(self.camera_config)
         self.wrist_config = WristCameraConfig(width=image_size, height=image_size)
         self.wrist = WristCamera(self.wrist_config) if wrist_camera else None
+        self.background_mask = bool(background_mask)
         self.table_z = 0.0
         self.table_region = ((0.36, 0.62), (-0.2, 0.2))
         self.workspace = Workspace()
@@ -140,6 +145,9 @@ class TabletopEnv(gym.Env):
         if self.wrist is not None:
             obs_spaces[WRIST_IMAGE] = spaces.Box(0, 255, self.wrist_config.image_shape,
                                                  dtype=np.uint8)
+        if self.background_mask:
+            obs_spaces[BACKGROUND_MASK] = spaces.Box(0, 1, self.camera_config.image_shape[:2],
+                                                     dtype=np.uint8)
         self.observation_space = spaces.Dict(obs_spaces)
         self.action_space = spaces.Box(DEFAULT_ACTION_SPEC.low, DEFAULT_ACTION_SPEC.high,
                                        dtype=np.float32)
@@ -326,12 +334,22 @@ class TabletopEnv(gym.Env):
     def _observe(self) -> dict[str, Any]:
         assert self.robot is not None
         shape = self.camera_config.image_shape
+        mask = None
         if self.skip_render:
             image = np.zeros(shape, dtype=np.uint8)
+            mask = np.ones(shape[:2], dtype=np.uint8)
+        elif self.background_mask:
+            # Foreground: every body but the table (the robot and this episode's objects).
+            bodies = (p.getBodyUniqueId(i, physicsClientId=self.client)
+                      for i in range(p.getNumBodies(physicsClientId=self.client)))
+            image, mask = self.camera.render_with_mask(
+                self.client, self.lighting, [b for b in bodies if b != self.table])
         else:
             image = self.camera.render(self.client, self.lighting)
         obs: dict[str, Any] = {IMAGE: image, STATE: self.robot.state(),
                                INSTRUCTION: self.instruction}
+        if self.background_mask:
+            obs[BACKGROUND_MASK] = mask
         if self.wrist is not None:
             if self.skip_render:
                 obs[WRIST_IMAGE] = np.zeros(self.wrist_config.image_shape, dtype=np.uint8)

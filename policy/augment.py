@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from envs.spec import ACTION, IMAGE, INSTRUCTION, STATE, STATE_NAMES, WRIST_IMAGE
+from envs.spec import ACTION, BACKGROUND_MASK, IMAGE, INSTRUCTION, STATE, STATE_NAMES, WRIST_IMAGE
 
 # Reflection y -> -y. A rotation R becomes M R M (M = diag(1, -1, 1)): rotations about x and
 # z reverse, rotations about y do not; for a quaternion (x, y, z, w) that is (-x, y, -z, w).
@@ -89,6 +89,10 @@ def mirror_batch(batch: Mapping[str, Any], action_names: Sequence[str], prob: fl
         return out
     f_img = flip.view(b, 1, 1, 1, 1).to(image.device)
     out[IMAGE] = torch.where(f_img, image.flip(3), image)
+    if BACKGROUND_MASK in batch:  # (B, T, H, W): flips with the front image
+        mask = batch[BACKGROUND_MASK]
+        out[BACKGROUND_MASK] = torch.where(flip.view(b, 1, 1, 1).to(mask.device), mask.flip(3),
+                                           mask)
     if wrist and WRIST_IMAGE in batch:
         w_img = batch[WRIST_IMAGE]
         out[WRIST_IMAGE] = torch.where(f_img.to(w_img.device), w_img.flip(3), w_img)

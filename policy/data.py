@@ -8,6 +8,11 @@ sees a frame from the previous episode (docs/CONTRACTS.md, "Dataset for torch").
 With in_memory=True (the default) the whole selection is read once into numpy as uint8,
 and __getitem__ is pure numpy fancy indexing: no zarr access per item. With in_memory=False
 frames are read from zarr per item, for stores larger than RAM (slower).
+
+A store collected with masks (envs.store MASK_KEYS, e.g. collect.background_mask) adds them
+to every item, uint8 (T, H, W) 0/1 under their key (envs.spec.BACKGROUND_MASK); in RAM they
+are held bit-packed (1/8 of a byte per pixel) and unpacked per batch. Stores without
+masks give the same items as before.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from envs.spec import ACTION, IMAGE, INSTRUCTION, STATE, WRIST_IMAGE, ActionSpec
+from envs.spec import ACTION, BACKGROUND_MASK, IMAGE, INSTRUCTION, STATE, WRIST_IMAGE, ActionSpec
 from envs.store import EpisodeStore, stats_for
 
 
@@ -50,8 +55,10 @@ class EpisodeDataset(Dataset):
         self.in_memory = in_memory
         self.store = EpisodeStore(self.path, skip_bad_shards=skip_bad_shards)
         self.image_keys = [k for k in (IMAGE, WRIST_IMAGE) if k in self.store.image_keys]
+        self.mask_keys = [k for k in (BACKGROUND_MASK,) if k in self.store.mask_keys]
 
-        keys = [*self.image_keys, STATE, ACTION] if in_memory else [STATE, ACTION]
+        frames = [*self.image_keys, *self.mask_keys]
+        keys = [*frames, STATE, ACTION] if in_memory else [STATE, ACTION]
         # Load first and take the episode table from the same read: with skip_bad_shards a
         # shard whose chunks fail their checksums drops out here, and the table must agree.
         data = self.store.load(keys=keys)
@@ -90,6 +97,10 @@ class EpisodeDataset(Dataset):
         self._arrays = {
             k: data.arrays[k] if keep.all() else data.arrays[k][self._src_steps] for k in keys
         }
+        for k in self.mask_keys:
+            if in_memory:  # (N, H, ceil(W / 8)): 0/1 bytes packed 8 to a byte
+                self._mask_width = int(self._arrays[k].shape[-1])
+                self._arrays[k] = np.packbits(self._arrays[k], axis=-1)
         if not in_memory:
             self._shard_offsets = np.cumsum([0] + [sh.num_steps for sh in self.store.shards])
         self._instruction_id = data.arrays["instruction_id"][self._src_steps]
@@ -148,6 +159,13 @@ class EpisodeDataset(Dataset):
         for key in self.image_keys:
             if self.in_memory:
                 arrays[key] = torch.from_numpy(self._arrays[key][idx])  # (B, T, H, W, 3)
+            else:
+                arrays[key] = torch.from_numpy(np.stack([self._read_images(key, w)
+                                                         for w in idx]))
+        for key in self.mask_keys:
+            if self.in_memory:
+                arrays[key] = torch.from_numpy(np.unpackbits(  # (B, T, H, W) 0/1
+                    self._arrays[key][idx], axis=-1, count=self._mask_width))
             else:
                 arrays[key] = torch.from_numpy(np.stack([self._read_images(key, w)
                                                          for w in idx]))

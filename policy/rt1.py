@@ -35,6 +35,7 @@ from einops import rearrange, reduce, repeat
 from torch import nn
 
 from envs.spec import INSTRUCTION, STATE_NAMES, ActionSpec
+from policy.background import background_batch, check_background_masks
 from policy.base import Policy, binned_action_loss, check_training_targets, token_metrics
 from policy.text import get_text_encoder
 from policy.tokenizers.actions import UniformActionTokenizer
@@ -60,6 +61,9 @@ class RT1Config:
     resize_to: int | None = 64  # model resolution; prototype: 64 px learned 1.6x faster than 96
     augment_shift: int = 4  # random-shift pixels at model resolution during training; 0 = off
     augment_mirror: float = 0.5  # share of training samples mirrored left-right (augment.py)
+    # share of training samples whose background pixels get a generated table (needs a store
+    # collected with collect.background_mask=true; policy/background.py); 0 = off
+    augment_background: float = 0.0
     conv_channels: tuple[int, ...] = (16, 32, 64, 128)  # stem width, then one stage per entry
     conv_strides: tuple[int, ...] = (2, 2, 1)  # stride of each stage after the stride-2 stem
     conv_blocks: int = 1  # MBConv blocks per stage
@@ -96,6 +100,9 @@ class RT1Config:
         if self.augment_shift < 0:
             raise ValueError(f"augment_shift={self.augment_shift}; expected >= 0")
         check_training_targets(self.label_sigma_bins, self.augment_mirror)
+        if not 0.0 <= self.augment_background <= 1.0:
+            raise ValueError(f"augment_background={self.augment_background}; expected a "
+                             "probability in [0, 1]")
         check_conv_stem(self.conv_channels, self.conv_strides, self.conv_blocks,
                         self.conv_expand, self.conv_fused_stages, self.image_tokens)
         if self.action_bins < 2:
@@ -134,6 +141,8 @@ class RT1Policy(Policy):
                  ) -> None:
         super().__init__(config, action_spec, env_info, stats)
         c = config
+        if c.augment_background > 0:
+            check_background_masks(self.env_info, c.augment_background)
         self.action_tokenizer = UniformActionTokenizer.from_spec(
             action_spec, c.action_bins, self.stats, c.action_bounds)
         self.image_tokenizer = RT1ImageTokenizer(
@@ -224,6 +233,8 @@ class RT1Policy(Policy):
 
     def logits_and_targets(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
         """A contract batch -> logits (B, T, A, K), target bins (B, T, A), valid (B, T)."""
+        if self.training and self.config.augment_background > 0:  # before mirror and shift
+            batch = background_batch(batch, self.config.augment_background)
         batch = self.augment(batch)
         image, state, action, valid = self._unpack(batch)
         wrist = self.unpack_wrist(batch, image) if self.reads_wrist else None

@@ -24,6 +24,8 @@ from envs.store.format import (
     FORMAT_VERSION,
     ID_KEYS,
     IMAGE_KEYS,
+    MASK_CODEC,
+    MASK_KEYS,
     META_CHUNK_ROWS,
     META_KEYS,
     REJECTED_KEY,
@@ -46,7 +48,8 @@ from envs.store.writer import ShardWriter
 
 __all__ = [
     "COMPAT_KEYS", "DEFAULT_CHUNK_FRAMES", "DEFAULT_IMAGE_CODEC", "FORMAT_NAME", "FORMAT_VERSION",
-    "ID_KEYS", "IMAGE_KEYS", "META_CHUNK_ROWS", "META_KEYS", "REJECTED_KEY", "SHARD_PREFIX",
+    "ID_KEYS", "IMAGE_KEYS", "MASK_CODEC", "MASK_KEYS", "META_CHUNK_ROWS", "META_KEYS",
+    "REJECTED_KEY", "SHARD_PREFIX",
     "STATS_KEYS", "VECTOR_CHUNK_ROWS", "VECTOR_KEYS", "Episode", "EpisodeStore", "ShardReader",
     "ShardTables", "ShardWriter", "StepData", "StoreError", "compat_mismatch", "compute_stats",
     "default_seed_ranges", "list_shards", "merge", "shard_name", "stats_for",

@@ -35,8 +35,11 @@ def merge(sources: Sequence[Path | str], dest: Path | str, skip_bad_shards: bool
     seen: set[int] = set()
     rejected: set[int] = set()
     dest.mkdir(parents=True, exist_ok=True)
+    # Masks only when every source has them (an episode without one cannot be appended).
+    masks = [k for k in first.mask_keys if all(k in st.mask_keys for st in stores)]
     writer = ShardWriter(dest / shard_name(0), info=info, image_shape=first.image_shape,
-                         image_keys=first.image_keys, chunk_frames=chunk_frames)
+                         image_keys=first.image_keys, chunk_frames=chunk_frames,
+                         mask_keys=masks)
     for st in stores:
         for sh in st.shards:
             for i in range(sh.num_episodes):
@@ -46,6 +49,8 @@ def merge(sources: Sequence[Path | str], dest: Path | str, skip_bad_shards: bool
                     raise ValueError(f"seed {ep.seed} appears twice (again in {sh.path}); "
                                      "merge expects disjoint seeds")
                 seen.add(ep.seed)
+                if not masks:
+                    ep.background_mask = None
                 writer.append(ep)
             for s in sh.rejected_seeds.tolist():
                 if s not in rejected:

@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 import zarr
 
-from envs.spec import IMAGE, WRIST_IMAGE
+from envs.spec import BACKGROUND_MASK, IMAGE, WRIST_IMAGE
 from envs.store.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     ID_KEYS,
+    MASK_KEYS,
     META_KEYS,
     REJECTED_KEY,
     SHARD_PREFIX,
@@ -124,9 +125,14 @@ class ShardReader:
         except (KeyError, TypeError, ValueError) as err:
             raise StoreError(meta, f"malformed attributes ({err!r})") from err
         self.image_keys: list[str] = list(self.info.get("image_keys", [IMAGE]))
+        # Masks (format.MASK_KEYS): only in shards collected with them; none otherwise.
+        self.mask_keys: list[str] = list(self.info.get("mask_keys", []))
+        unknown = [k for k in self.mask_keys if k not in MASK_KEYS]
+        if unknown:
+            raise StoreError(meta, f"unknown mask keys {unknown}; this reader knows {MASK_KEYS}")
         self._group = group
         self.arrays: dict[str, zarr.Array] = {}
-        for key in self.image_keys + list(VECTOR_KEYS) + list(ID_KEYS):
+        for key in self.image_keys + self.mask_keys + list(VECTOR_KEYS) + list(ID_KEYS):
             self.arrays[key] = _open_array(group, self.path, f"data/{key}")
         self.meta: dict[str, zarr.Array] = {
             k: _open_array(group, self.path, f"meta/{k}") for k in [*META_KEYS, REJECTED_KEY]
@@ -193,6 +199,15 @@ class ShardReader:
                 )
             image_shape = image_shape or shape
         self.image_shape = image_shape
+        for key in self.mask_keys:
+            shape = tuple(self.arrays[key].shape[1:])
+            if (image_shape is not None and shape != image_shape[:2]) or \
+                    self.arrays[key].dtype != np.uint8:
+                raise StoreError(
+                    self.path / f"data/{key}",
+                    f"mask array has frame shape {shape} dtype {self.arrays[key].dtype}; "
+                    f"expected uint8 {image_shape[:2] if image_shape else '(H, W)'}",
+                )
 
     def read(self, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Committed rows [start, stop) of per-step array `key`."""
@@ -228,6 +243,8 @@ class ShardReader:
         return Episode(
             image=self.read(IMAGE, a, b),
             wrist_image=self.read(WRIST_IMAGE, a, b) if WRIST_IMAGE in self.arrays else None,
+            background_mask=(self.read(BACKGROUND_MASK, a, b)
+                             if BACKGROUND_MASK in self.mask_keys else None),
             state=self.read("state", a, b),
             action=self.read("action", a, b),
             executed_action=self.read("executed_action", a, b),
@@ -243,7 +260,7 @@ class ShardReader:
 class StepData:
     """Per-step arrays of a whole store, concatenated across shards, ids in global tables."""
 
-    arrays: dict[str, np.ndarray]  # image, (wrist_image), state, action, executed_action, ids
+    arrays: dict[str, np.ndarray]  # image, (wrist_image, masks), state, action, ..., ids
     episode_ends: np.ndarray  # int64 (E,) exclusive ends into the concatenated steps
     seed: np.ndarray  # int64 (E,)
     success: np.ndarray  # bool (E,)
@@ -323,6 +340,12 @@ class EpisodeStore:
     def image_keys(self) -> list[str]:
         return self.shards[0].image_keys
 
+    @property
+    def mask_keys(self) -> list[str]:
+        """Masks that every shard holds (a mask missing from one shard is not loadable)."""
+        return [k for k in self.shards[0].mask_keys
+                if all(k in sh.mask_keys for sh in self.shards[1:])]
+
     def seeds(self) -> np.ndarray:
         """Seeds of all committed episodes, in store order."""
         return np.concatenate([sh.seeds for sh in self.shards])
@@ -394,7 +417,7 @@ class EpisodeStore:
         return problems[::-1]
 
     def _load(self, keys: Sequence[str] | None) -> StepData:
-        all_keys = self.image_keys + list(VECTOR_KEYS) + list(ID_KEYS)
+        all_keys = self.image_keys + self.mask_keys + list(VECTOR_KEYS) + list(ID_KEYS)
         wanted = all_keys if keys is None else list(keys)
         for k in wanted:
             if k not in all_keys:

@@ -35,6 +35,8 @@ from envs.store.format import (
     FORMAT_VERSION,
     ID_KEYS,
     IMAGE_KEYS,
+    MASK_CODEC,
+    MASK_KEYS,
     META_CHUNK_ROWS,
     META_KEYS,
     REJECTED_KEY,
@@ -84,8 +86,9 @@ class ShardWriter:
 
     Opening an existing shard validates it against `info` (COMPAT_KEYS) and truncates any
     uncommitted tail a crash left behind, so appending resumes exactly after the last
-    committed episode. `lock_wait_s`: how long to wait for another writer's lock (a killed
-    run's workers may still be exiting) before raising StoreError.
+    committed episode. `mask_keys`: per-frame masks to store besides the images (MASK_KEYS;
+    every appended episode must carry them). `lock_wait_s`: how long to wait for another
+    writer's lock (a killed run's workers may still be exiting) before raising StoreError.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class ShardWriter:
         chunk_frames: int = DEFAULT_CHUNK_FRAMES,
         image_codec: dict[str, Any] | None = None,
         lock_wait_s: float = 10.0,
+        mask_keys: Sequence[str] = (),
     ) -> None:
         self.path = Path(path)
         image_shape = tuple(int(s) for s in image_shape)
@@ -107,6 +111,9 @@ class ShardWriter:
         for k in image_keys:
             if k not in IMAGE_KEYS:
                 raise ValueError(f"image key {k!r}; expected one of {IMAGE_KEYS}")
+        for k in mask_keys:
+            if k not in MASK_KEYS:
+                raise ValueError(f"mask key {k!r}; expected one of {MASK_KEYS}")
         # A JSON round trip, so that tuples compare equal to the lists a reopened shard holds.
         self.info = json.loads(json.dumps(info))
         self.info.update(
@@ -114,8 +121,12 @@ class ShardWriter:
             image_keys=list(image_keys),
             image_shape=list(image_shape),
         )
+        self.info.pop("mask_keys", None)
+        if mask_keys:  # absent, not empty, without masks: such shards stay as they were
+            self.info["mask_keys"] = list(mask_keys)
         self.info.setdefault("seed_ranges", default_seed_ranges())
         self.image_keys = list(image_keys)
+        self.mask_keys = list(mask_keys)
         self._lock_fd = _lock_shard(self.path, lock_wait_s)
         if (self.path / "zarr.json").exists():
             self._reopen()
@@ -139,6 +150,11 @@ class ShardWriter:
             group.create_array(
                 f"data/{k}", shape=(0, *image_shape), chunks=(chunk_frames, *image_shape),
                 dtype="uint8", compressors=[BloscCodec(**image_codec), crc],
+            )
+        for k in self.mask_keys:
+            group.create_array(
+                f"data/{k}", shape=(0, *image_shape[:2]), chunks=(chunk_frames, *image_shape[:2]),
+                dtype="uint8", compressors=[BloscCodec(**MASK_CODEC), crc],
             )
         small = [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), crc]
         dims = {"state": state_dim, "action": action_dim, "executed_action": action_dim}
@@ -166,6 +182,11 @@ class ShardWriter:
         if problem:
             raise StoreError(self.path / "zarr.json",
                              f"cannot append: existing shard {problem}")
+        if reader.mask_keys != self.mask_keys:
+            raise StoreError(self.path / "zarr.json",
+                             f"cannot append: existing shard has masks {reader.mask_keys}, this "
+                             f"writer {self.mask_keys} (collect.background_mask must match the "
+                             "run that started the store)")
         # Keep what the shard recorded first (describe(), creation settings); a later run
         # may add tasks, whose describe() joins env_by_task.
         by_task = {**self.info.get("env_by_task", {}), **reader.info.get("env_by_task", {})}
@@ -191,7 +212,8 @@ class ShardWriter:
     def _open_arrays(self) -> None:
         """Cache the array handles (a lookup re-reads metadata from disk every time)."""
         self._group = zarr.open_group(str(self.path), mode="r+")
-        names = [f"data/{k}" for k in (*self.image_keys, *VECTOR_KEYS, *ID_KEYS)]
+        names = [f"data/{k}" for k in (*self.image_keys, *self.mask_keys, *VECTOR_KEYS,
+                                        *ID_KEYS)]
         names += [f"meta/{k}" for k in (*META_KEYS, REJECTED_KEY)]
         # Write chunks even when they equal the fill value (all-zero ids, black frames): the
         # reader treats a missing chunk inside the committed range as damage.
@@ -245,6 +267,10 @@ class ShardWriter:
             if tuple(v.shape[1:]) != shape:
                 raise ValueError(f"episode {k} frames have shape {v.shape[1:]}; shard stores "
                                  f"{shape}")
+        masks = episode.masks()
+        if sorted(masks) != sorted(self.mask_keys):
+            raise ValueError(f"episode has masks {sorted(masks)}; shard stores "
+                             f"{sorted(self.mask_keys)}")
         for k in VECTOR_KEYS:
             want = self._arrays[f"data/{k}"].shape[1]
             if getattr(episode, k).shape[1] != want:
@@ -263,6 +289,7 @@ class ShardWriter:
         e = self.num_episodes
         writes: dict[str, tuple[np.ndarray, int]] = {
             **{f"data/{k}": (v, start) for k, v in images.items()},
+            **{f"data/{k}": (v, start) for k, v in masks.items()},
             **{f"data/{k}": (getattr(episode, k), start) for k in VECTOR_KEYS},
             **{f"data/{k}": (np.full(n, i, dtype=ID_KEYS[k]), start) for k, i in ids.items()},
             "meta/episode_ends": (np.array([start + n], dtype=np.int64), e),
