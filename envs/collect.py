@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from envs.faults import GraspFault
 from envs.spec import (
     BACKGROUND_MASK,
     COLLECT_SEED_START,
@@ -84,6 +85,12 @@ class CollectConfig:
     max_steps: int | None = None  # None: the task's own limit
     noise_std: float = 0.15  # DART noise std, normalized action units
     noise_dims: tuple[str, ...] = ("x", "y", "z")
+    # Grasp faults (envs/faults.py): in this share of the episodes of grasping tasks the
+    # executed gripper is overridden for grasp_fault_steps steps (close_early: shut during
+    # the descent; drop: open while lifting), so the labels show the oracle's recovery.
+    grasp_faults: float = 0.0
+    grasp_fault_kinds: tuple[str, ...] = ("close_early", "drop")
+    grasp_fault_steps: int = 3
     keep_failures: bool = False  # keep failed episodes too, marked success=False
     max_attempts_factor: float = 4.0  # a worker gives up after factor * quota + 10 tries
     chunk_frames: int = 16
@@ -102,6 +109,11 @@ class CollectConfig:
             self.physics = None
         self.tasks = tuple(self.tasks)
         self.noise_dims = tuple(self.noise_dims)
+        self.grasp_fault_kinds = tuple(self.grasp_fault_kinds)
+        if not 0.0 <= self.grasp_faults <= 1.0:
+            raise ValueError(f"grasp_faults={self.grasp_faults}; expected a share in [0, 1]")
+        for kind in self.grasp_fault_kinds:
+            GraspFault(kind, self.grasp_fault_steps)  # names a bad kind or step count
         if self.split_overrides:
             from envs.splits import resolve_split
 
@@ -192,9 +204,20 @@ def dart_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, 0xDA27])
 
 
+def draw_fault(cfg: CollectConfig, seed: int, task: str) -> GraspFault | None:
+    """The grasp fault of episode `seed`, for tasks that grasp (push does not)."""
+    from envs.tasks import TASK_CLASSES
+
+    if cfg.grasp_faults <= 0 or "grasped" not in TASK_CLASSES[task].milestones:
+        return None
+    return GraspFault.draw(seed, cfg.grasp_faults, cfg.grasp_fault_kinds,
+                           cfg.grasp_fault_steps)
+
+
 def rollout(env: Any, seed: int, task: str, split: str, noise_std: float,
-            noise_dims: Sequence[str]) -> Rollout:
-    """Run the env's oracle from reset(seed) until it terminates or the step limit."""
+            noise_dims: Sequence[str], fault: GraspFault | None = None) -> Rollout:
+    """Run the env's oracle from reset(seed) until it terminates or the step limit; with a
+    `fault`, its override of the executed gripper applies after the DART noise."""
     t0 = time.perf_counter()
     spec = DEFAULT_ACTION_SPEC
     dims = np.array([spec.index(d) for d in noise_dims], dtype=np.int64)
@@ -210,6 +233,8 @@ def rollout(env: Any, seed: int, task: str, split: str, noise_std: float,
         if noise_std > 0 and len(dims):
             act[dims] += rng.normal(0.0, noise_std, size=len(dims)).astype(np.float32)
         act = spec.clip(act)
+        if fault is not None:
+            act = fault.apply(label, act, np.asarray(obs[STATE], dtype=np.float32))
         frames[IMAGE].append(obs[IMAGE])
         if WRIST_IMAGE in obs:
             frames[WRIST_IMAGE].append(obs[WRIST_IMAGE])
@@ -304,7 +329,10 @@ def store_info(cfg: CollectConfig, describes: dict[str, dict[str, Any]]) -> dict
     info["collection"] = {
         **{k: v for k, v in asdict(cfg).items() if k not in ("output", "progress")},
         "label": "oracle_action (clean)",
-        "executed": "label + N(0, noise_std) on noise_dims, clipped to the action bounds",
+        "executed": "label + N(0, noise_std) on noise_dims, clipped to the action bounds"
+                    + ("; in a grasp_faults share of grasping episodes the gripper is "
+                       "overridden for grasp_fault_steps steps (envs/faults.py)"
+                       if cfg.grasp_faults > 0 else ""),
     }
     return info
 
@@ -370,7 +398,7 @@ def run_worker(cfg: CollectConfig, global_worker: int, quota: int, skip: set[int
             if seed in skip:
                 continue
             ro = rollout(envs_by_task[task], seed, task, cfg.split, cfg.noise_std,
-                         cfg.noise_dims)
+                         cfg.noise_dims, draw_fault(cfg, seed, task))
             keep = ro.success or cfg.keep_failures
             t0 = time.perf_counter()
             if keep:

@@ -78,3 +78,26 @@ def test_fault_draw_depends_on_the_seed_only_and_validates() -> None:
         GraspFault("slip")
     with pytest.raises(ValueError, match="steps=0"):
         GraspFault("drop", steps=0)
+
+
+def test_collection_applies_faults_to_grasping_tasks_only(tmp_path) -> None:
+    from envs.collect import CollectConfig, draw_fault, rollout
+
+    cfg = CollectConfig(output=str(tmp_path / "store"), tasks=("pick", "push"),
+                        grasp_faults=1.0, grasp_fault_kinds=("drop",))
+    assert draw_fault(cfg, 5, "push") is None
+    fault = draw_fault(cfg, 5, "pick")
+    assert fault is not None and fault.kind == "drop"
+    env = envs.make_env("pick", "seen", image_size=16, skip_render=True)
+    try:
+        ro = rollout(env, 5, "pick", "seen", cfg.noise_std, cfg.noise_dims, fault)
+    finally:
+        env.close()
+    ep = ro.episode
+    assert ro.success and fault.fired
+    changed = np.flatnonzero(ep.action[:, GRIP] != ep.executed_action[:, GRIP])
+    assert 1 <= len(changed) <= 3 and np.all(ep.executed_action[changed, GRIP] == -1.0)
+    with pytest.raises(ValueError, match="grasp_faults=2"):
+        CollectConfig(output=str(tmp_path / "x"), grasp_faults=2)
+    with pytest.raises(ValueError, match="'slip'"):
+        CollectConfig(output=str(tmp_path / "x"), grasp_faults=0.5, grasp_fault_kinds=["slip"])
