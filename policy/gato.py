@@ -32,7 +32,15 @@ tokens and Gato's mu-law bins:
 
 Measured at the demo's scale (7,500 steps), neither made Gato ground: with RT-1's tokens its
 x/y predictions still ignore the object's name, while RT-1 with the same stem grounds by step
-5,000, so what Gato lacks lies after the image stem.
+5,000, so what Gato lacks lies after the image stem. Two more options (off by default) take
+the decoding side apart:
+
+- ``readout="frame_mean"`` (a diagnostic that leaves Gato's autoregressive decoding): a step
+  has no action tokens, ``[image][state][separator]``, and one head over the mean of that
+  step's hidden states gives the bins of every action dimension at once, as RT-1 reads its
+  frame; the mask stays Gato's (causal over tokens).
+- ``text_in_sequence=False``: no text token in the sequence; the sentence reaches the policy
+  only through the image stem's FiLM (``rt1_tokens`` or ``patch_film``, required).
 
 Only local positions exist (a token's place within its step, Gato's "local position
 encodings", plus the patch row/column): nothing depends on a step's absolute index, so the
@@ -72,6 +80,7 @@ from policy.transformer import KVCache, Transformer, TransformerConfig
 TEXT_STEP = -1  # step id of prefix text tokens: always visible, never evicted
 IMAGE_TOKENIZERS = ("patches", "rt1_tokens")
 TEXT_POSITIONS = ("prefix", "per_step")
+READOUTS = ("per_token", "frame_mean")
 
 
 @dataclass
@@ -108,6 +117,10 @@ class GatoConfig:
     conv_expand: int = 2  # rt1_tokens: MBConv expansion ratio
     conv_fused_stages: int = 3  # rt1_tokens: leading Fused-MBConv stages
     text_position: str = "prefix"  # "prefix": once before step 1 | "per_step": in every step
+    # "per_token": Gato's autoregressive action tokens | "frame_mean" (a diagnostic, not Gato):
+    # all action dims in parallel from one head over the mean of the step's tokens, as RT-1
+    readout: str = "per_token"
+    text_in_sequence: bool = True  # False: no text token (rt1_tokens / patch_film FiLM only)
 
     def __post_init__(self) -> None:
         self.conv_channels = tuple(int(c) for c in self.conv_channels)
@@ -120,8 +133,12 @@ class GatoConfig:
         if self.text_position not in TEXT_POSITIONS:
             raise ValueError(f"text_position={self.text_position!r}; expected one of "
                              f"{TEXT_POSITIONS}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout={self.readout!r}; expected one of {READOUTS}")
         if self.image_tokenizer == "rt1_tokens":
             self._check_rt1_tokens()
+        if not self.text_in_sequence:
+            self._check_text_outside_sequence()
         if self.text_position == "per_step" and self.text_mode != "sentence":
             raise ValueError(f"text_position='per_step' needs text_mode='sentence' (got "
                              f"{self.text_mode!r}): the repeated text is one token")
@@ -155,6 +172,16 @@ class GatoConfig:
                              "convs are FiLM-conditioned on the sentence embedding")
         check_conv_stem(self.conv_channels, self.conv_strides, self.conv_blocks,
                         self.conv_expand, self.conv_fused_stages, self.image_tokens)
+
+    def _check_text_outside_sequence(self) -> None:
+        if self.image_tokenizer != "rt1_tokens" and not self.patch_film:
+            raise ValueError("text_in_sequence=False needs the sentence in the image stem "
+                             "(image_tokenizer='rt1_tokens' or patch_film=True); with "
+                             f"image_tokenizer={self.image_tokenizer!r} and patch_film=False "
+                             "the policy would never see its instruction")
+        if self.text_position != "prefix":
+            raise ValueError(f"text_in_sequence=False leaves no text token to place; "
+                             f"text_position={self.text_position!r} needs text_in_sequence=True")
 
     @property
     def transformer(self) -> TransformerConfig:
@@ -214,15 +241,20 @@ class GatoPolicy(Policy):
             self.text_embed = nn.Embedding(vocab, c.d_model)
             self.text_pos = nn.Parameter(torch.randn(c.max_text_tokens, c.d_model) * 0.02)
         self.separator = nn.Parameter(torch.randn(c.d_model) * 0.02)
-        self.action_embed = nn.Embedding(c.action_bins, c.d_model)
         self.n_actions = len(action_spec)
+        # frame_mean: no action tokens in the sequence; one head gives every dimension's bins
+        self.frame_mean = c.readout == "frame_mean"
+        if not self.frame_mean:
+            self.action_embed = nn.Embedding(c.action_bins, c.d_model)
         self.per_step_text = c.text_position == "per_step"
+        self.text_in_sequence = c.text_in_sequence and not self.per_step_text  # the prefix
         # tokens of a step before its separator: image, state, and (per_step) the text token
         self.obs_len = n_image + int(c.use_state) + int(self.per_step_text)
-        self.step_len = self.obs_len + 1 + self.n_actions
+        self.step_len = self.obs_len + 1 + (0 if self.frame_mean else self.n_actions)
         self.local_pos = nn.Parameter(torch.randn(self.step_len, c.d_model) * 0.02)
         self.transformer = Transformer(c.transformer)
-        self.head = nn.Linear(c.d_model, c.action_bins)
+        self.head = nn.Linear(c.d_model,
+                              c.action_bins * (self.n_actions if self.frame_mean else 1))
         if c.pretrained_backbone:
             load_backbone(self.image_tokenizer if c.image_tokenizer == "patches"
                           else self.image_tokenizer.backbone, c.pretrained_backbone)
@@ -291,6 +323,11 @@ class GatoPolicy(Policy):
         parts.append(self.separator.expand(b, t, 1, -1))
         return torch.cat(parts, dim=2) + self.local_pos[: self.obs_len + 1]
 
+    def frame_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """frame_mean readout: hidden states (..., n, d) of one step's tokens -> logits
+        (..., A, K) of every action dimension, from their mean (RT-1's readout)."""
+        return rearrange(self.head(h.mean(dim=-2)), "... (a k) -> ... a k", a=self.n_actions)
+
     def action_tokens(self, tokens: torch.Tensor, first: int = 0) -> torch.Tensor:
         """Action bins (..., k) for dims first..first+k-1 -> embeddings (..., k, d)."""
         k = tokens.shape[-1]
@@ -313,10 +350,11 @@ class GatoPolicy(Policy):
         b, t = image.shape[:2]
         text, text_mask, cond = self.text_tokens(instructions)  # (B, L, d), (B, L)
         step_text = text if self.per_step_text else None
-        if self.per_step_text:  # the text lives in the steps: no prefix
+        if not self.text_in_sequence:  # per_step, or FiLM alone carries the text: no prefix
             text, text_mask = text[:, :0], text_mask[:, :0]
-        steps = torch.cat([self.observation_tokens(image, state, self.training, cond, step_text),
-                           self.action_tokens(targets)], dim=2)  # (B, T, step_len, d)
+        steps = self.observation_tokens(image, state, self.training, cond, step_text)
+        if not self.frame_mean:
+            steps = torch.cat([steps, self.action_tokens(targets)], dim=2)  # (B, T, step_len, d)
         x = torch.cat([text, rearrange(steps, "b t n d -> b (t n) d")], dim=1)
         length = text.shape[1]
         step_ids = torch.arange(t, device=x.device).repeat_interleave(self.step_len)
@@ -326,6 +364,8 @@ class GatoPolicy(Policy):
         mask = window_mask(k_step, pos, k_step, pos, k_valid, self.config.history)
         h = self.transformer(x, mask)[:, length:]  # (B, T * step_len, d)
         h = rearrange(h, "b (t n) d -> b t n d", t=t)
+        if self.frame_mean:
+            return self.frame_logits(h)  # (B, T, A, K)
         # outputs at the separator and a_0..a_{A-2} predict a_0..a_{A-1}
         return self.head(h[:, :, self.obs_len:self.obs_len + self.n_actions])  # (B, T, A, K)
 
@@ -341,7 +381,7 @@ class GatoPolicy(Policy):
         self._text = text[:, mask[0]]  # acting needs no padding: (1, L, d)
         # per_step: the text token goes into every step's observation tokens, not the prefix
         self._step_text = self._text if self.per_step_text else None
-        if self.per_step_text:
+        if not self.text_in_sequence:
             self._text = self._text[:, :0]
         self._cache = self.transformer.new_cache()
         self._k_step = torch.zeros(0, dtype=torch.long, device=self.device)
@@ -384,6 +424,8 @@ class GatoPolicy(Policy):
             keep = keep[:, 0]
             self._cache.keep(keep)
             self._k_step, self._k_pos = self._k_step[keep], self._k_pos[keep]
+        if self.frame_mean:  # x is this step's tokens alone (nothing pending)
+            return self._finish_step(self.frame_logits(h[0]))
         # Every key now in the cache is text or a step inside the window of step s, and each
         # action token is the newest position: it may see every key, so it needs no mask.
         # Its step and position are booked once after the loop (nothing reads them before).
@@ -401,17 +443,20 @@ class GatoPolicy(Policy):
         self._k_pos = torch.cat([self._k_pos, torch.arange(
             self._next_pos, self._next_pos + fed, device=self._k_pos.device)])
         self._next_pos += fed
+        return self._finish_step(torch.stack(logits))
+
+    def _finish_step(self, logits: torch.Tensor) -> torch.Tensor:
+        """Book the step; logits (A, K) -> the greedy action (A,)."""
         self._step += 1
-        self.last_logits, self.last_tokens = torch.stack(logits), torch.stack(tokens)
+        self.last_logits, self.last_tokens = logits, logits.argmax(-1)
         return self.action_tokenizer.decode(self.last_tokens)
 
     def _act_uncached(self, obs: torch.Tensor) -> torch.Tensor:
         """Reference decoding: every action token recomputes the whole episode, no cache."""
         prefix = torch.cat([self._text, *self._history], dim=1) if self._history else self._text
         n_text = self._text.shape[1]
-        logits, tokens = [], []
-        current = obs
-        for i in range(self.n_actions):
+
+        def hidden(current: torch.Tensor) -> torch.Tensor:
             x = torch.cat([prefix, current], dim=1)
             steps = torch.cat([
                 torch.full((n_text,), TEXT_STEP, dtype=torch.long),
@@ -419,13 +464,19 @@ class GatoPolicy(Policy):
                 torch.full((current.shape[1],), self._step, dtype=torch.long)]).to(x.device)
             pos = torch.arange(x.shape[1], device=x.device)
             valid = torch.ones(1, x.shape[1], dtype=torch.bool, device=x.device)
-            h = self.transformer(x, window_mask(steps, pos, steps, pos, valid,
-                                                self.config.history))
-            logits.append(self.head(h[0, -1]))
+            return self.transformer(x, window_mask(steps, pos, steps, pos, valid,
+                                                   self.config.history))[0]
+
+        if self.frame_mean:
+            logits = self.frame_logits(hidden(obs)[-obs.shape[1]:])
+            self._history.append(obs)
+            return self._finish_step(logits)
+        logits, tokens = [], []
+        current = obs
+        for i in range(self.n_actions):
+            logits.append(self.head(hidden(current)[-1]))
             tokens.append(logits[-1].argmax())
             current = torch.cat([current, self.action_tokens(tokens[-1].view(1, 1), first=i)],
                                 dim=1)
         self._history.append(current)
-        self._step += 1
-        self.last_logits, self.last_tokens = torch.stack(logits), torch.stack(tokens)
-        return self.action_tokenizer.decode(self.last_tokens)
+        return self._finish_step(torch.stack(logits))

@@ -1,4 +1,5 @@
-"""Gato's grounding options: RT-1's image tokens in Gato's sequence, the text in every step.
+"""Gato's grounding options: RT-1's image tokens in Gato's sequence, the text in every step,
+the frame-mean readout (a diagnostic) and the text left out of the sequence.
 
 Building, saving, reloading, causality and cached decoding of these variants are covered with
 every other variant in test_policies.py; these tests check what each option changes.
@@ -16,7 +17,8 @@ from policy.gato import GatoPolicy
 from policy.tokenizers.images import FiLM, RT1ImageTokenizer
 
 NEW_FIELDS = ("image_tokenizer", "image_tokens", "conv_channels", "conv_strides", "conv_blocks",
-              "conv_expand", "conv_fused_stages", "text_position")
+              "conv_expand", "conv_fused_stages", "text_position", "readout",
+              "text_in_sequence")
 
 
 def _build(compose_policy, env_info, *overrides: str) -> GatoPolicy:
@@ -102,7 +104,57 @@ def test_checkpoints_saved_before_the_options_load_as_gato(compose_policy, env_i
     loaded = Policy.from_pretrained(tmp_path)
     assert loaded.config.image_tokenizer == "patches"
     assert loaded.config.text_position == "prefix"
+    assert loaded.config.readout == "per_token" and loaded.config.text_in_sequence
     batch = make_batch(b=2, t=policy.config.history)
     with torch.no_grad():
         assert torch.equal(loaded.logits_and_targets(batch)[0],
                            policy.logits_and_targets(batch)[0])
+
+
+def test_frame_mean_reads_every_dimension_at_once_from_the_frame(compose_policy, env_info,
+                                                                 text_encoder, make_batch) -> None:
+    policy = _build(compose_policy, env_info, "readout=frame_mean").eval()
+    per_token = _build(compose_policy, env_info)
+    # no action tokens in the sequence: a step is its image, state and separator tokens
+    assert policy.step_len == per_token.step_len - len(DEFAULT_ACTION_SPEC)
+    assert not hasattr(policy, "action_embed")
+    assert policy.head.out_features == len(DEFAULT_ACTION_SPEC) * policy.config.action_bins
+    batch = make_batch(b=2, t=policy.config.history)
+    changed = {**batch, "action": -batch["action"]}
+    with torch.no_grad():
+        logits = policy.logits_and_targets(batch)[0]
+        # the labels are not inputs: no dimension conditions on another
+        assert torch.equal(logits, policy.logits_and_targets(changed)[0])
+    assert logits.shape[2:] == (len(DEFAULT_ACTION_SPEC), policy.config.action_bins)
+    # the logits are the head over the mean of the last step's hidden states
+    seen = []
+    policy.transformer.register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        policy.logits_and_targets(batch)
+    last = seen[-1][:, -policy.step_len:].mean(dim=1)
+    expected = policy.head(last).view(2, len(DEFAULT_ACTION_SPEC), -1)
+    assert torch.allclose(logits[:, -1], expected, atol=1e-5)
+
+
+def test_text_outside_the_sequence_reaches_the_actions_through_film(compose_policy, env_info,
+                                                                    text_encoder,
+                                                                    make_batch) -> None:
+    for stem in ("image_tokenizer=rt1_tokens", "patch_film=true"):
+        policy = _build(compose_policy, env_info, stem, "text_in_sequence=false")
+        with_text = _build(compose_policy, env_info, stem)
+        for film in policy.modules():  # FiLM starts as identity: make it matter
+            if isinstance(film, FiLM):
+                torch.nn.init.normal_(film.proj.weight, std=0.1)
+        policy.eval()
+        seen = []
+        policy.transformer.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o))
+        batch = make_batch(b=2, t=policy.config.history)
+        other = {**batch, "instruction": list(reversed(batch["instruction"]))}
+        with torch.no_grad():
+            a, b = policy.logits_and_targets(batch)[0], policy.logits_and_targets(other)[0]
+        # no text token: the sequence is the steps alone
+        assert seen[-1].shape[1] == policy.config.history * policy.step_len
+        assert policy.step_len == with_text.step_len
+        assert not torch.allclose(a, b)  # the instruction still matters, through the stem
+        policy.reset(batch["instruction"][0])
+        assert policy._text.shape[1] == 0 and len(policy._cache) == 0

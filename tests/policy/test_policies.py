@@ -25,7 +25,11 @@ STATS = {
 }
 GATO_LEVERS = [("gato_tiny", ("image_tokenizer=rt1_tokens",)),
                ("gato_tiny", ("text_position=per_step",)),
-               ("gato_tiny", ("image_tokenizer=rt1_tokens", "text_position=per_step"))]
+               ("gato_tiny", ("image_tokenizer=rt1_tokens", "text_position=per_step")),
+               ("gato_tiny", ("readout=frame_mean",)),
+               ("gato_tiny", ("image_tokenizer=rt1_tokens", "readout=frame_mean",
+                              "text_in_sequence=false")),
+               ("gato_tiny", ("patch_film=true", "text_in_sequence=false"))]
 VARIANTS = [("rt1_tiny", ()), ("gato_tiny", ()), ("gato_tiny", ("text_mode=subword",)),
             ("gato_tiny", ("patch_film=true",)), *GATO_LEVERS, ("rt1", ()), ("gato", ())]
 TINY = [("rt1_tiny", ()), ("gato_tiny", ()), ("gato_tiny", ("text_mode=subword",)),
@@ -98,6 +102,10 @@ def test_presets_instantiate_their_dataclasses_and_sizes(compose_policy, env_inf
     (lambda: GatoConfig(image_tokenizer="rt1_tokens", conv_strides=(2, 2)), "conv_strides"),
     (lambda: GatoConfig(text_position="suffix"), "text_position='suffix'"),
     (lambda: GatoConfig(text_position="per_step", text_mode="subword"), "per_step"),
+    (lambda: GatoConfig(readout="mean"), "readout='mean'"),
+    (lambda: GatoConfig(text_in_sequence=False), "text_in_sequence=False needs the sentence"),
+    (lambda: GatoConfig(image_tokenizer="rt1_tokens", text_in_sequence=False,
+                        text_position="per_step"), "text_position='per_step' needs"),
 ])
 def test_configs_name_the_bad_value(config, message) -> None:
     with pytest.raises(ValueError, match=message):
@@ -159,7 +167,7 @@ def test_padded_frames_do_not_affect_the_loss(build, make_batch, name, overrides
 
 @pytest.mark.parametrize("override", ["text_mode=sentence", "text_mode=subword",
                                       "patch_film=true", "image_tokenizer=rt1_tokens",
-                                      "text_position=per_step"])
+                                      "text_position=per_step", "readout=frame_mean"])
 def test_gato_cached_decoding_equals_uncached(build, make_obs, override) -> None:
     policy = build("gato_tiny", (override,))
     for film in policy.image_tokenizer.modules():  # FiLM starts as identity: make it matter
