@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.scenes import FAMILIES, Procedural
 from envs.spec import BACKGROUND_MASK, IMAGE
 
 # The bank: 256 generated tables, fixed by (seed, index) like a scene set's procedural bank.
@@ -58,7 +57,11 @@ class BackgroundBank:
     margin: float = 0.15
 
     @property
-    def procedural(self) -> Procedural:
+    def procedural(self) -> Any:
+        """The envs.scenes.Procedural spec of the bank (imported here: envs.scenes loads the
+        simulator's object catalogue, which importing a policy config must not)."""
+        from envs.scenes import FAMILIES, Procedural
+
         return Procedural(share=1.0, families=FAMILIES, keep_away_from=self.keep_away_from,
                           margin=self.margin, bank=self.size, seed=self.seed,
                           saturation=self.saturation, value=self.value)

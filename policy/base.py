@@ -493,6 +493,54 @@ def _load_families() -> None:
     import policy.rt1  # noqa: F401
 
 
+def config_defaults(config_class: type) -> dict[str, Any]:
+    """A config dataclass's defaults as plain YAML-able values (tuples become lists)."""
+    out: dict[str, Any] = {}
+    for f in fields(config_class):
+        value = f.default
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def register_policy_configs() -> None:
+    """Store every policy family's config defaults as the hydra node `policy/<kind>_base`.
+
+    The dataclass is the one source of each default: conf/policy/<name>.yaml starts from
+    its family's node (``defaults: [rt1_base, _self_]``) and holds `_target_` and the values
+    that differ. Entry points that compose the `policy` group call this first (policy/train,
+    scripts/benchmark_policy.py, the tests' compose helper); :func:`load_policy_yaml` reads
+    a preset file without hydra.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    _load_families()
+    for kind, klass in _REGISTRY.items():
+        ConfigStore.instance().store(group="policy", name=f"{kind}_base",
+                                     node=config_defaults(klass.config_class))
+
+
+def load_policy_yaml(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Any:
+    """A conf/policy/*.yaml file -> its config dataclass, outside a hydra app: the family's
+    defaults (the ``<kind>_base`` entries of its ``defaults`` list), then the file, then
+    `overrides` (field -> value)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    _load_families()
+    cfg = OmegaConf.load(str(path))
+    merged = OmegaConf.create({})
+    for entry in cfg.pop("defaults", []) or []:
+        if entry == "_self_":
+            continue
+        kind = str(entry).removesuffix("_base")
+        if kind not in _REGISTRY:
+            raise ValueError(f"{path}: defaults entry {entry!r}; expected one of "
+                             f"{[f'{k}_base' for k in sorted(_REGISTRY)]} or _self_")
+        merged = OmegaConf.merge(merged, config_defaults(_REGISTRY[kind].config_class))
+    merged = OmegaConf.merge(merged, cfg, dict(overrides or {}))
+    return instantiate(merged, _convert_="all")
+
+
 def make_policy(config: Any, action_spec: ActionSpec, env_info: Mapping[str, Any] | None,
                 stats: Mapping[str, Any] | None = None) -> Policy:
     """Build the policy family that ``config``'s dataclass belongs to."""

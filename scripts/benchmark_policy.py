@@ -35,6 +35,10 @@ from policy.benchmark import (
     run_benchmark,
 )
 
+from policy.base import register_policy_configs
+
+register_policy_configs()  # conf/policy/*.yaml build on the policy/<kind>_base nodes
+
 
 @hydra.main(config_path="../conf", config_name="benchmark_policy", version_base="1.3")
 def main(cfg: DictConfig) -> None:

@@ -65,16 +65,11 @@ def test_steps_show_the_policys_distributions_and_attention(session: PlaySession
 
 
 def test_gato_shows_its_1024_bin_distributions_and_no_attention(tmp_path: Path) -> None:
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
     import envs
     from envs.spec import DEFAULT_ACTION_SPEC
-    from policy.base import make_policy
+    from policy.base import load_policy_yaml, make_policy
 
-    with initialize_config_dir(config_dir=str(REFERENCE.parents[2] / "conf"),
-                               version_base="1.3"):
-        config = instantiate(compose(config_name="policy/gato_tiny").policy)
+    config = load_policy_yaml(REFERENCE.parents[2] / "conf" / "policy" / "gato_tiny.yaml")
     env = envs.make_env("pick", "seen", image_size=64, skip_render=True)
     info = env.describe()
     env.close()

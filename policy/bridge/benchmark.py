@@ -246,15 +246,14 @@ def build_untrained_checkpoint(directory: Path, image_size: int, preset: str = "
     """An untrained policy from conf/policy/<preset>.yaml at the env's image size: the same
     compute per step as a trained one, which is all a latency benchmark needs."""
     import torch
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     import envs
     from envs.spec import DEFAULT_ACTION_SPEC
     from policy import make_policy
+    from policy.base import load_policy_yaml
 
     torch.manual_seed(0)
-    config = instantiate(OmegaConf.load(REPO / "conf" / "policy" / f"{preset}.yaml"))
+    config = load_policy_yaml(REPO / "conf" / "policy" / f"{preset}.yaml")
     env = envs.make_env(image_size=image_size)
     info = env.describe()
     env.close()

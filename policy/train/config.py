@@ -170,8 +170,10 @@ class TrainRunConfig:
 
 def register_configs() -> None:
     """Store the schema as `train_schema` so that conf/train.yaml can build on it, and the
-    evaluation defaults (`eval/base`) that its `eval` group builds on."""
+    defaults its `eval` and `policy` groups build on (`eval/base`, `policy/<kind>_base`)."""
+    from policy.base import register_policy_configs
     from policy.evaluation.config import register_configs as register_eval_configs
 
     ConfigStore.instance().store(name="train_schema", node=TrainRunConfig)
     register_eval_configs()
+    register_policy_configs()

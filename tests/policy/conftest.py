@@ -48,6 +48,9 @@ def compose_policy() -> Callable[..., object]:
         from hydra import compose, initialize_config_dir
         from hydra.utils import instantiate
 
+        from policy.base import register_policy_configs
+
+        register_policy_configs()
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             cfg = compose(config_name=f"policy/{name}",
                           overrides=[f"policy.{o}" for o in overrides])
