@@ -42,6 +42,16 @@ the decoding side apart:
 - ``text_in_sequence=False``: no text token in the sequence; the sentence reaches the policy
   only through the image stem's FiLM (``rt1_tokens`` or ``patch_film``, required).
 
+The frame-mean readout grounds and the per-token one does not, so a last option keeps Gato's
+per-token autoregressive decoding and adds the frame-mean gradient path in training alone:
+
+- ``aux_frame_mean=w`` (w > 0; 0 = off): a second head over the mean of each step's
+  observation tokens' hidden states (image, state, per-step text and separator; never the
+  step's own action tokens, so it does not see the actions it predicts, teacher-forced)
+  predicts every action
+  dimension's bins, and its cross-entropy (the main loss's targets and bins) is added with
+  weight w. Acting never reads that head: it decodes per token with the KV cache as before.
+
 Only local positions exist (a token's place within its step, Gato's "local position
 encodings", plus the patch row/column): nothing depends on a step's absolute index, so the
 attention window can slide. Every token sees the text and the tokens of the last ``history``
@@ -54,6 +64,7 @@ recomputation over the whole episode under the same mask (tested).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +132,9 @@ class GatoConfig:
     # all action dims in parallel from one head over the mean of the step's tokens, as RT-1
     readout: str = "per_token"
     text_in_sequence: bool = True  # False: no text token (rt1_tokens / patch_film FiLM only)
+    # > 0: weight of an auxiliary training loss from a frame-mean head over each step's
+    # observation tokens (not the action tokens); acting stays per-token. 0 = off
+    aux_frame_mean: float = 0.0
 
     def __post_init__(self) -> None:
         self.conv_channels = tuple(int(c) for c in self.conv_channels)
@@ -135,6 +149,12 @@ class GatoConfig:
                              f"{TEXT_POSITIONS}")
         if self.readout not in READOUTS:
             raise ValueError(f"readout={self.readout!r}; expected one of {READOUTS}")
+        if not math.isfinite(self.aux_frame_mean) or self.aux_frame_mean < 0:
+            raise ValueError(f"aux_frame_mean={self.aux_frame_mean}; expected a finite weight "
+                             ">= 0 (0: off)")
+        if self.aux_frame_mean > 0 and self.readout != "per_token":
+            raise ValueError(f"aux_frame_mean={self.aux_frame_mean} needs readout='per_token' "
+                             f"(got {self.readout!r}): frame_mean already reads the frame mean")
         if self.image_tokenizer == "rt1_tokens":
             self._check_rt1_tokens()
         if not self.text_in_sequence:
@@ -255,6 +275,9 @@ class GatoPolicy(Policy):
         self.transformer = Transformer(c.transformer)
         self.head = nn.Linear(c.d_model,
                               c.action_bins * (self.n_actions if self.frame_mean else 1))
+        # aux_frame_mean: a training-only head over the mean of a step's observation tokens
+        self.aux_head = (nn.Linear(c.d_model, c.action_bins * self.n_actions)
+                         if c.aux_frame_mean > 0 else None)
         if c.pretrained_backbone:
             load_backbone(self.image_tokenizer if c.image_tokenizer == "patches"
                           else self.image_tokenizer.backbone, c.pretrained_backbone)
@@ -323,10 +346,12 @@ class GatoPolicy(Policy):
         parts.append(self.separator.expand(b, t, 1, -1))
         return torch.cat(parts, dim=2) + self.local_pos[: self.obs_len + 1]
 
-    def frame_logits(self, h: torch.Tensor) -> torch.Tensor:
+    def frame_logits(self, h: torch.Tensor, head: nn.Module | None = None) -> torch.Tensor:
         """frame_mean readout: hidden states (..., n, d) of one step's tokens -> logits
-        (..., A, K) of every action dimension, from their mean (RT-1's readout)."""
-        return rearrange(self.head(h.mean(dim=-2)), "... (a k) -> ... a k", a=self.n_actions)
+        (..., A, K) of every action dimension, from their mean (RT-1's readout). ``head``:
+        another head than ``self.head`` (aux_frame_mean's ``aux_head``)."""
+        head = self.head if head is None else head
+        return rearrange(head(h.mean(dim=-2)), "... (a k) -> ... a k", a=self.n_actions)
 
     def action_tokens(self, tokens: torch.Tensor, first: int = 0) -> torch.Tensor:
         """Action bins (..., k) for dims first..first+k-1 -> embeddings (..., k, d)."""
@@ -338,15 +363,27 @@ class GatoPolicy(Policy):
 
     def logits_and_targets(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
         """A contract batch -> logits (B, T, A, K), target bins (B, T, A), valid (B, T)."""
+        logits, _, targets, valid = self._outputs_and_targets(batch)
+        return logits, targets, valid
+
+    def _outputs_and_targets(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
+        """logits_and_targets with aux_frame_mean's logits (or None) second."""
         batch = self.augment(batch)
         image, state, action, valid = self._unpack(batch)
         targets = self.action_tokenizer.encode(action)  # (B, T, A)
-        logits = self.sequence_logits(image, state, targets, valid, batch[INSTRUCTION])
-        return logits, targets, valid
+        logits, aux = self.sequence_outputs(image, state, targets, valid, batch[INSTRUCTION])
+        return logits, aux, targets, valid
 
     def sequence_logits(self, image: torch.Tensor, state: torch.Tensor, targets: torch.Tensor,
                         valid: torch.Tensor, instructions: Sequence[str]) -> torch.Tensor:
         """Teacher-forced logits (B, T, A, K) for action tokens ``targets`` (B, T, A)."""
+        return self.sequence_outputs(image, state, targets, valid, instructions)[0]
+
+    def sequence_outputs(self, image: torch.Tensor, state: torch.Tensor, targets: torch.Tensor,
+                         valid: torch.Tensor, instructions: Sequence[str]
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Teacher-forced logits (B, T, A, K) and aux_frame_mean's logits (B, T, A, K) from
+        the mean of each step's observation tokens (None when the option is off)."""
         b, t = image.shape[:2]
         text, text_mask, cond = self.text_tokens(instructions)  # (B, L, d), (B, L)
         step_text = text if self.per_step_text else None
@@ -365,15 +402,24 @@ class GatoPolicy(Policy):
         h = self.transformer(x, mask)[:, length:]  # (B, T * step_len, d)
         h = rearrange(h, "b (t n) d -> b t n d", t=t)
         if self.frame_mean:
-            return self.frame_logits(h)  # (B, T, A, K)
+            return self.frame_logits(h), None  # (B, T, A, K)
+        # the observation tokens (image, state, text, separator), never the action tokens
+        aux = (None if self.aux_head is None
+               else self.frame_logits(h[:, :, :self.obs_len + 1], self.aux_head))
         # outputs at the separator and a_0..a_{A-2} predict a_0..a_{A-1}
-        return self.head(h[:, :, self.obs_len:self.obs_len + self.n_actions])  # (B, T, A, K)
+        return self.head(h[:, :, self.obs_len:self.obs_len + self.n_actions]), aux
 
     def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        logits, targets, valid = self.logits_and_targets(batch)
-        loss = binned_action_loss(logits, targets, valid, self.config.label_sigma_bins)
+        logits, aux, targets, valid = self._outputs_and_targets(batch)
+        sigma = self.config.label_sigma_bins
+        loss = binned_action_loss(logits, targets, valid, sigma)
         metrics = {"loss": loss.item(),
                    **token_metrics(logits, targets, valid, self.action_spec.names)}
+        if aux is not None:
+            aux_loss = binned_action_loss(aux, targets, valid, sigma)
+            metrics["token_loss"], metrics["aux_loss"] = metrics["loss"], aux_loss.item()
+            loss = loss + self.config.aux_frame_mean * aux_loss
+            metrics["loss"] = loss.item()
         return loss, metrics
 
     def _reset(self, instruction: str) -> None:

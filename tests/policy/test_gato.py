@@ -1,5 +1,6 @@
 """Gato's grounding options: RT-1's image tokens in Gato's sequence, the text in every step,
-the frame-mean readout (a diagnostic) and the text left out of the sequence.
+the frame-mean readout (a diagnostic), the text left out of the sequence and the auxiliary
+frame-mean loss beside the per-token readout.
 
 Building, saving, reloading, causality and cached decoding of these variants are covered with
 every other variant in test_policies.py; these tests check what each option changes.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from envs.spec import DEFAULT_ACTION_SPEC
@@ -18,7 +20,7 @@ from policy.tokenizers.images import FiLM, RT1ImageTokenizer
 
 NEW_FIELDS = ("image_tokenizer", "image_tokens", "conv_channels", "conv_strides", "conv_blocks",
               "conv_expand", "conv_fused_stages", "text_position", "readout",
-              "text_in_sequence")
+              "text_in_sequence", "aux_frame_mean")
 
 
 def _build(compose_policy, env_info, *overrides: str) -> GatoPolicy:
@@ -105,6 +107,7 @@ def test_checkpoints_saved_before_the_options_load_as_gato(compose_policy, env_i
     assert loaded.config.image_tokenizer == "patches"
     assert loaded.config.text_position == "prefix"
     assert loaded.config.readout == "per_token" and loaded.config.text_in_sequence
+    assert loaded.config.aux_frame_mean == 0.0 and loaded.aux_head is None
     batch = make_batch(b=2, t=policy.config.history)
     with torch.no_grad():
         assert torch.equal(loaded.logits_and_targets(batch)[0],
@@ -158,3 +161,66 @@ def test_text_outside_the_sequence_reaches_the_actions_through_film(compose_poli
         assert not torch.allclose(a, b)  # the instruction still matters, through the stem
         policy.reset(batch["instruction"][0])
         assert policy._text.shape[1] == 0 and len(policy._cache) == 0
+
+
+def test_aux_frame_mean_adds_a_frame_mean_loss_and_leaves_acting_per_token(
+        compose_policy, env_info, text_encoder, make_batch, make_obs, tmp_path) -> None:
+    base = _build(compose_policy, env_info, "image_tokenizer=rt1_tokens")
+    assert base.aux_head is None  # off by default: no new parameters, old checkpoints load
+    policies = {w: _build(compose_policy, env_info, "image_tokenizer=rt1_tokens",
+                          f"aux_frame_mean={w}").eval() for w in (0.5, 2.0)}
+    policy = policies[0.5]
+    a = len(DEFAULT_ACTION_SPEC)
+    assert policy.aux_head.out_features == a * policy.config.action_bins
+    # the same seed builds the same per-token model; the aux head comes after it
+    assert torch.equal(policy.head.weight, base.head.weight)
+    batch = make_batch(b=2, t=policy.config.history)
+    with torch.no_grad():
+        logits, aux, targets, valid = policy._outputs_and_targets(batch)
+        assert torch.equal(logits, base.eval().logits_and_targets(batch)[0])
+        # the aux head reads the mean of the observation tokens, never its step's action
+        # tokens (an earlier step's, inside the window, are context, as in acting)
+        action = batch["action"].clone()
+        action[:, -1] = -action[:, -1]
+        changed = {**batch, "action": action}
+        assert not torch.equal(logits, policy._outputs_and_targets(changed)[0])
+        assert torch.equal(aux, policy._outputs_and_targets(changed)[1])
+    seen = []
+    policy.transformer.register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        policy.logits_and_targets(batch)
+    obs = seen[-1][:, -policy.step_len:][:, :policy.obs_len + 1].mean(dim=1)
+    assert torch.allclose(aux[:, -1], policy.aux_head(obs).view(2, a, -1), atol=1e-5)
+    # the loss is the per-token loss plus the weighted aux loss, and grows with the weight
+    losses = {}
+    for w, p in policies.items():
+        with torch.no_grad():
+            loss, metrics = p(batch)
+        assert metrics["loss"] == pytest.approx(metrics["token_loss"] + w * metrics["aux_loss"],
+                                                rel=1e-5)
+        losses[w] = loss.item()
+    assert losses[2.0] > losses[0.5]
+    with torch.no_grad():
+        assert metrics["token_loss"] == pytest.approx(base(batch)[0].item(), rel=1e-5)
+    # training reaches the aux head and, through the mean, the image stem
+    policy.train()
+    loss, _ = policy(batch)
+    loss.backward()
+    assert policy.aux_head.weight.grad.abs().sum() > 0
+    # acting never calls the aux head: the same actions as the policy without it
+    policy.eval()
+    calls = []
+    policy.aux_head.register_forward_hook(lambda m, i, o: calls.append(1))
+    for p in (policy, base):
+        p.reset("pick up the red block")
+    for i in range(3):
+        assert torch.equal(torch.as_tensor(policy.select_action(make_obs(i))),
+                           torch.as_tensor(base.select_action(make_obs(i))))
+        assert torch.equal(policy.last_logits, base.last_logits)
+    assert not calls
+    # saved and reloaded with its head
+    policy.save_pretrained(tmp_path)
+    loaded = Policy.from_pretrained(tmp_path).eval()
+    assert loaded.config.aux_frame_mean == 0.5
+    with torch.no_grad():
+        assert torch.equal(loaded._outputs_and_targets(batch)[1], aux)

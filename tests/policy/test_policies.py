@@ -29,7 +29,8 @@ GATO_LEVERS = [("gato_tiny", ("image_tokenizer=rt1_tokens",)),
                ("gato_tiny", ("readout=frame_mean",)),
                ("gato_tiny", ("image_tokenizer=rt1_tokens", "readout=frame_mean",
                               "text_in_sequence=false")),
-               ("gato_tiny", ("patch_film=true", "text_in_sequence=false"))]
+               ("gato_tiny", ("patch_film=true", "text_in_sequence=false")),
+               ("gato_tiny", ("image_tokenizer=rt1_tokens", "aux_frame_mean=1.0"))]
 VARIANTS = [("rt1_tiny", ()), ("gato_tiny", ()), ("gato_tiny", ("text_mode=subword",)),
             ("gato_tiny", ("patch_film=true",)), *GATO_LEVERS, ("rt1", ()), ("gato", ())]
 TINY = [("rt1_tiny", ()), ("gato_tiny", ()), ("gato_tiny", ("text_mode=subword",)),
@@ -106,6 +107,9 @@ def test_presets_instantiate_their_dataclasses_and_sizes(compose_policy, env_inf
     (lambda: GatoConfig(text_in_sequence=False), "text_in_sequence=False needs the sentence"),
     (lambda: GatoConfig(image_tokenizer="rt1_tokens", text_in_sequence=False,
                         text_position="per_step"), "text_position='per_step' needs"),
+    (lambda: GatoConfig(aux_frame_mean=-0.5), "aux_frame_mean=-0.5"),
+    (lambda: GatoConfig(aux_frame_mean=float("nan")), "aux_frame_mean=nan"),
+    (lambda: GatoConfig(aux_frame_mean=1.0, readout="frame_mean"), "aux_frame_mean=1.0 needs"),
 ])
 def test_configs_name_the_bad_value(config, message) -> None:
     with pytest.raises(ValueError, match=message):
