@@ -162,6 +162,23 @@ class CollectConfig:
         return self.shard_index * self.workers + local
 
 
+def register_configs() -> None:
+    """Store CollectConfig's defaults as the hydra node `collect_base` (under the key
+    `collect`), so that conf/collect.yaml holds `_target_` and only what differs: the
+    dataclass is the one source of each default. The entry points composing
+    conf/collect.yaml (scripts/collect.py, inspect_dataset.py, benchmark_data.py) call it
+    before hydra starts."""
+    from dataclasses import MISSING, fields
+
+    from hydra.core.config_store import ConfigStore
+
+    node: dict[str, Any] = {}
+    for f in fields(CollectConfig):
+        if f.default is not MISSING:
+            node[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
+    ConfigStore.instance().store(name="collect_base", node={"collect": node})
+
+
 def seed_task(cfg: CollectConfig, k: int) -> tuple[int, str]:
     """Seed and task of episode k of the run."""
     seed = cfg.seed_start + k

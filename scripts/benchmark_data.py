@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from envs.collect import CollectConfig, collect  # noqa: E402
+from envs.collect import CollectConfig, collect, register_configs  # noqa: E402
 from envs.spec import IMAGE  # noqa: E402
 from envs.store import EpisodeStore  # noqa: E402
 
@@ -164,6 +164,9 @@ def bench_train_step(store_path: Path, history: int, batch_size: int, steps: int
           f"CPU per batch of {batch_size} = {batch_size / step_s:,.0f} samples/s", flush=True)
     return {"step_s": step_s, "step_cpu_s": step_cpu, "samples_per_s": batch_size / step_s,
             "samples_per_cpu_s": batch_size / step_cpu}
+
+
+register_configs()  # conf/collect.yaml builds on CollectConfig's defaults
 
 
 @hydra.main(config_path="../conf", config_name="collect", version_base="1.3")

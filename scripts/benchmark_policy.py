@@ -26,6 +26,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from policy.base import register_policy_configs
 from policy.benchmark import (
     TrainOptions,
     ab_lever,
@@ -34,8 +35,6 @@ from policy.benchmark import (
     profile_train_step,
     run_benchmark,
 )
-
-from policy.base import register_policy_configs
 
 register_policy_configs()  # conf/policy/*.yaml build on the policy/<kind>_base nodes
 

@@ -18,10 +18,13 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from envs.collect import CollectConfig, collect  # noqa: E402
+from envs.collect import CollectConfig, collect, register_configs  # noqa: E402
 from envs.store import merge  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+
+register_configs()  # conf/collect.yaml builds on CollectConfig's defaults
 
 
 @hydra.main(config_path="../conf", config_name="collect", version_base="1.3")

@@ -16,8 +16,11 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from envs.collect import register_configs  # noqa: E402
 from envs.inspection import contact_sheet, summarize  # noqa: E402
 from envs.store import EpisodeStore  # noqa: E402
+
+register_configs()  # conf/collect.yaml builds on CollectConfig's defaults
 
 
 @hydra.main(config_path="../conf", config_name="collect", version_base="1.3")

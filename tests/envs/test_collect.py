@@ -159,7 +159,9 @@ def test_hydra_config_composes_to_a_collect_config(tmp_path: Path) -> None:
     from hydra.utils import instantiate
 
     import envs
+    from envs.collect import register_configs
 
+    register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="collect", overrides=[
             f"output={tmp_path}", "num_shards=3", "shard_index=2", "collect.workers=1"])
