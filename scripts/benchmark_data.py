@@ -133,16 +133,14 @@ def bench_loader(store_path: Path, history: int, batch_size: int, batches: int
 def bench_train_step(store_path: Path, history: int, batch_size: int, steps: int
                      ) -> dict[str, float]:
     import torch
-    from omegaconf import OmegaConf
     from torch.utils.data import DataLoader
 
     from policy import make_policy
+    from policy.base import load_policy_yaml
     from policy.data import EpisodeDataset
 
     # The default policy of conf/train.yaml, with the history under test.
-    pcfg = OmegaConf.load(ROOT / "conf" / "policy" / "rt1.yaml")
-    pcfg.history = history
-    config = instantiate(pcfg)
+    config = load_policy_yaml(ROOT / "conf" / "policy" / "rt1.yaml", {"history": history})
     ds = EpisodeDataset(store_path, history=history)
     policy = make_policy(config, action_spec=ds.action_spec, env_info=ds.info, stats=ds.stats)
     policy.train()

@@ -24,11 +24,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 import envs
 from envs.spec import DEFAULT_ACTION_SPEC, STATE_NAMES
 from policy import GatoConfig, Policy, make_policy
+from policy.base import load_policy_yaml
 from policy.bridge.client import BridgeClient
 from policy.bridge.loading import load_served_policy
 from policy.bridge.server import ServerConfig
@@ -41,7 +41,7 @@ IMAGE_SIZE = 96  # the env's default: the bridge's default load
 
 def preset(name: str) -> Any:
     """A policy config from conf/policy/<name>.yaml, as training would build it."""
-    return instantiate(OmegaConf.load(REPO / "conf" / "policy" / f"{name}.yaml"))
+    return load_policy_yaml(REPO / "conf" / "policy" / f"{name}.yaml")
 
 
 @pytest.fixture(scope="module")

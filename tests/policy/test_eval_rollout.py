@@ -19,11 +19,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 import envs
 from envs.spec import DEFAULT_ACTION_SPEC, EVAL_SEED_START
 from policy import Policy, make_policy
+from policy.base import load_policy_yaml
 from policy.checkpoint_hash import checkpoint_sha256
 from policy.evaluation import EvalConfig, EvalReport, log_report
 from policy.evaluation.cli import merge_dirs
@@ -35,7 +35,7 @@ IMAGE_SIZE = 64
 
 
 def tiny_policy() -> Policy:
-    cfg = instantiate(OmegaConf.load(CONF / "policy" / "rt1_tiny.yaml"))
+    cfg = load_policy_yaml(CONF / "policy" / "rt1_tiny.yaml")
     env = envs.make_env("pick", "seen", image_size=IMAGE_SIZE, skip_render=True)
     try:
         return make_policy(cfg, DEFAULT_ACTION_SPEC, env.unwrapped.describe())

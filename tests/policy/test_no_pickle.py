@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 import envs
 from envs.spec import DEFAULT_ACTION_SPEC
 from policy import Policy, make_policy
+from policy.base import load_policy_yaml
 from policy.tokenizers.images import load_backbone
 from policy.train.state import (
     TENSORS,
@@ -54,7 +53,7 @@ def write_pickles(path: Path, marker: Path, how: str) -> None:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = instantiate(OmegaConf.load(CONF / "policy" / "rt1_tiny.yaml"))
+    cfg = load_policy_yaml(CONF / "policy" / "rt1_tiny.yaml")
     env = envs.make_env("pick", "seen", image_size=32, skip_render=True)
     try:
         policy = make_policy(cfg, DEFAULT_ACTION_SPEC, env.unwrapped.describe())

@@ -312,7 +312,7 @@ def test_torchrun_two_processes_train_like_one(store: Path, tmp_path: Path) -> N
     which moves grad_norm by ~4e-4 relative, as far as the broken builds above.
     """
     same = [*TINY, *SUBWORD, f"data.path={store}", "train.checkpoint_every=0",
-            "policy.augment_shift=0", "+policy.augment_mirror=0", "train.bf16_cpu=false"]
+            "policy.augment_shift=0", "policy.augment_mirror=0", "train.bf16_cpu=false"]
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", str(SCRIPT), *same, "name=ddp"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True,
