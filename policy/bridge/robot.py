@@ -211,8 +211,10 @@ def run_sim_robot(url: str, *, token: str | None = None, task: str = "pick",
         if image is None or len(image.shape) != 3 or image.shape[0] != image.shape[1]:
             raise ValueError(f"server expects image {image}; this simulated robot renders "
                              "square (S, S, 3) uint8 frames")
+        # a server whose policy reads the wrist camera announces "wrist_image" too
         env = envs.make_env(task=task, split=split, image_size=image.shape[0],
-                            max_steps=max_steps)
+                            max_steps=max_steps,
+                            wrist_camera="wrist_image" in bridge.metadata.observation)
         try:
             described = env.describe()
             problem = P.action_spec_mismatch(bridge.metadata.action_spec,

@@ -116,6 +116,24 @@ def test_bridge_announces_the_wrist_image(build_wrist, tmp_path) -> None:
         "state": ((8,), "float32")}
 
 
+def test_simulated_robot_sends_the_wrist_image_over_the_bridge(build_wrist, tmp_path) -> None:
+    """End to end: a wrist-reading checkpoint served by the bridge, and the simulated robot
+    (scripts/robot.py's loop) building its env with the wrist camera because the handshake
+    asks for `wrist_image` (without it the robot's observation check refuses to start)."""
+    from policy.bridge.loading import load_served_policy
+    from policy.bridge.robot import run_sim_robot
+    from policy.bridge.server import ServerConfig
+    from policy.bridge.thread import ServerThread
+
+    build_wrist().save_pretrained(tmp_path / "ckpt")
+    with ServerThread(load_served_policy(tmp_path / "ckpt", warmup_steps=1),
+                      ServerConfig(port=0)) as st:
+        report = run_sim_robot(st.url, episodes=1, max_steps=3, timeout_s=30.0,
+                               control_hz=1000.0)
+    assert len(report.episodes) == 1 and report.episodes[0].steps == 3
+    assert report.episodes[0].timeouts == 0
+
+
 def test_mirror_flips_the_wrist_image_only_when_read() -> None:
     g = torch.Generator().manual_seed(0)
     batch = {"image": torch.randint(0, 256, (4, 1, 8, 8, 3), generator=g, dtype=torch.uint8),
