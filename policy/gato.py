@@ -241,16 +241,18 @@ class GatoPolicy(Policy):
         self.action_tokenizer = MuLawActionTokenizer.from_spec(action_spec, c.action_bins, c.mu,
                                                                c.mu_m)
         if c.image_tokenizer == "patches":
-            self.image_tokenizer = PatchTokenizer(c.d_model, size, c.patch_size, c.patch_channels,
-                                                  c.text_dim if c.patch_film else None)
+            self.image_tokenizer = PatchTokenizer(
+                d_model=c.d_model, image_size=size, patch_size=c.patch_size,
+                channels=c.patch_channels, cond_dim=c.text_dim if c.patch_film else None)
             n_image = self.image_tokenizer.num_patches
         else:  # rt1_tokens: RT-1's stem, as RT1Policy builds it
             self.image_tokenizer = RT1ImageTokenizer(
-                c.d_model, c.text_dim, c.conv_channels, c.conv_strides, c.conv_blocks,
-                c.conv_expand, c.image_tokens, c.conv_fused_stages)
+                d_model=c.d_model, text_dim=c.text_dim, channels=c.conv_channels,
+                strides=c.conv_strides, blocks=c.conv_blocks, expand=c.conv_expand,
+                num_tokens=c.image_tokens, fused_stages=c.conv_fused_stages)
             n_image = c.image_tokens
-        self.state_tokenizer = (StateTokenizer(len(STATE_NAMES), c.d_model, self.stats)
-                                if c.use_state else None)
+        self.state_tokenizer = (StateTokenizer(state_dim=len(STATE_NAMES), d_model=c.d_model,
+                                               stats=self.stats) if c.use_state else None)
         if c.text_mode == "sentence":
             # LayerNorm: unit-norm sentence embeddings are too small for a fresh Linear
             # (see RT1ImageTokenizer.text_norm)

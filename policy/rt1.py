@@ -145,18 +145,18 @@ class RT1Policy(Policy):
             check_background_masks(self.env_info, c.augment_background)
         self.action_tokenizer = UniformActionTokenizer.from_spec(
             action_spec, c.action_bins, self.stats, c.action_bounds)
-        self.image_tokenizer = RT1ImageTokenizer(
-            c.d_model, c.text_dim, c.conv_channels, c.conv_strides, c.conv_blocks,
-            c.conv_expand, c.image_tokens, c.conv_fused_stages, c.position_encoding,
-            c.text_norm, c.backbone, c.lite_blocks, c.lite_frozen)
+        stem = dict(d_model=c.d_model, text_dim=c.text_dim, channels=c.conv_channels,
+                    strides=c.conv_strides, blocks=c.conv_blocks, expand=c.conv_expand,
+                    fused_stages=c.conv_fused_stages, position_encoding=c.position_encoding,
+                    text_norm=c.text_norm, backbone=c.backbone, lite_blocks=c.lite_blocks,
+                    lite_frozen=c.lite_frozen)
+        self.image_tokenizer = RT1ImageTokenizer(num_tokens=c.image_tokens, **stem)
         # The wrist camera gets a stem of its own (same settings): it sees the scene from the
         # hand, at another scale and angle, so sharing the front stem's filters buys little.
-        self.wrist_tokenizer = (RT1ImageTokenizer(
-            c.d_model, c.text_dim, c.conv_channels, c.conv_strides, c.conv_blocks,
-            c.conv_expand, c.wrist_tokens, c.conv_fused_stages, c.position_encoding,
-            c.text_norm, c.backbone, c.lite_blocks, c.lite_frozen) if c.wrist_camera else None)
-        self.state_tokenizer = (StateTokenizer(len(STATE_NAMES), c.d_model, self.stats)
-                                if c.use_state else None)
+        self.wrist_tokenizer = (RT1ImageTokenizer(num_tokens=c.wrist_tokens, **stem)
+                                if c.wrist_camera else None)
+        self.state_tokenizer = (StateTokenizer(state_dim=len(STATE_NAMES), d_model=c.d_model,
+                                               stats=self.stats) if c.use_state else None)
         self.tokens_per_frame = (c.image_tokens + (c.wrist_tokens if c.wrist_camera else 0)
                                  + int(c.use_state))
         # learned position of every token in the window: (frame, token within frame)

@@ -53,7 +53,9 @@ def load_first_frames(path: str, episodes: int) -> tuple[torch.Tensor, torch.Ten
 class Probe(nn.Module):
     def __init__(self, loss: str, text: str) -> None:
         super().__init__()
-        self.tokenizer = RT1ImageTokenizer(128, 384, (16, 32, 64, 128), (2, 2, 1), 1, 2, 8, 3)
+        self.tokenizer = RT1ImageTokenizer(d_model=128, text_dim=384, channels=(16, 32, 64, 128),
+                                           strides=(2, 2, 1), blocks=1, expand=2, num_tokens=8,
+                                           fused_stages=3)
         if text == "raw":
             self.tokenizer.text_norm = nn.Identity()
         self.loss = loss

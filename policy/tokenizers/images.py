@@ -389,7 +389,7 @@ def resolve_pretrained(name: str, backbone: str) -> Path:
 class RT1ImageTokenizer(nn.Module):
     """Frames (N, 3, H, W) in [0, 1] + instruction embedding (N, Dt) -> tokens (N, S, d)."""
 
-    def __init__(self, d_model: int, text_dim: int, channels: Sequence[int],
+    def __init__(self, *, d_model: int, text_dim: int, channels: Sequence[int],
                  strides: Sequence[int], blocks: int, expand: int, num_tokens: int,
                  fused_stages: int = 0, position_encoding: bool = True,
                  text_norm: bool = True, backbone: str = "film_efficientnet",
@@ -456,7 +456,7 @@ class PatchTokenizer(nn.Module):
     identity at initialisation.
     """
 
-    def __init__(self, d_model: int, image_size: int, patch_size: int = 16,
+    def __init__(self, *, d_model: int, image_size: int, patch_size: int = 16,
                  channels: int = 32, cond_dim: int | None = None) -> None:
         super().__init__()
         if image_size % patch_size or patch_size % 2:

@@ -19,7 +19,7 @@ _CLIP = 10.0
 class StateTokenizer(nn.Module):
     """float (..., S) -> (..., d): (state - mean) / std, clipped to +-10, then a linear map."""
 
-    def __init__(self, state_dim: int, d_model: int, stats: dict | None = None) -> None:
+    def __init__(self, *, state_dim: int, d_model: int, stats: dict | None = None) -> None:
         super().__init__()
         mean = np.zeros(state_dim, np.float32)
         std = np.ones(state_dim, np.float32)

@@ -276,11 +276,12 @@ def test_load_backbone_from_safetensors_with_a_prefix(tmp_path) -> None:
 def test_state_tokenizer_normalizes_with_stats_and_floors_constant_dims() -> None:
     mean = np.arange(8, dtype=np.float32)
     std = np.array([2.0] * 7 + [0.0], dtype=np.float32)  # the last dim never varied
-    tok = StateTokenizer(8, 16, {"state": {"mean": mean, "std": std}})
+    tok = StateTokenizer(state_dim=8, d_model=16, stats={"state": {"mean": mean, "std": std}})
     state = torch.from_numpy(mean + 2.0)
     z = tok.normalize(state)
     assert torch.allclose(z[:7], torch.ones(7))
     assert z[7] == pytest.approx(10.0)  # 2 / floored std, clipped to 10
     assert tok(state[None]).shape == (1, 16)
     with pytest.raises(ValueError, match=r"\(8,\)"):
-        StateTokenizer(8, 16, {"state": {"mean": [0.0] * 3, "std": [1.0] * 3}})
+        StateTokenizer(state_dim=8, d_model=16,
+                       stats={"state": {"mean": [0.0] * 3, "std": [1.0] * 3}})
