@@ -303,7 +303,7 @@ class GatoPolicy(Policy):
     def text_tokens(self, instructions: Sequence[str]
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Instruction strings -> tokens (B, L, d), a mask (B, L) True on real tokens, and the
-        image stem's FiLM input (B, text_dim) or None: the normalised sentence for
+        image stem's FiLM input (B, text_dim) or None: the normalized sentence for
         ``patch_film``, the raw one for ``rt1_tokens`` (RT-1's stem has its own LayerNorm)."""
         c = self.config
         if c.text_mode == "sentence":

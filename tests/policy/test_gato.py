@@ -25,7 +25,7 @@ NEW_FIELDS = ("image_tokenizer", "image_tokens", "conv_channels", "conv_strides"
 
 def _build(compose_policy, env_info, *overrides: str) -> GatoPolicy:
     torch.manual_seed(0)
-    # no dataset statistics: the state tokens are unnormalised, which these tests do not mind
+    # no dataset statistics: the state tokens are unnormalized, which these tests do not mind
     policy = make_policy(compose_policy("gato_tiny", overrides), DEFAULT_ACTION_SPEC, env_info)
     assert isinstance(policy, GatoPolicy)
     return policy
