@@ -48,6 +48,7 @@ from envs.spec import (
     INSTRUCTION,
     STATE,
     WRIST_IMAGE,
+    config_defaults,
 )
 from envs.store import Episode, EpisodeStore, ShardWriter, list_shards, shard_name
 
@@ -168,15 +169,10 @@ def register_configs() -> None:
     dataclass is the one source of each default. The entry points composing
     conf/collect.yaml (scripts/collect.py, inspect_dataset.py, benchmark_data.py) call it
     before hydra starts."""
-    from dataclasses import MISSING, fields
-
     from hydra.core.config_store import ConfigStore
 
-    node: dict[str, Any] = {}
-    for f in fields(CollectConfig):
-        if f.default is not MISSING:
-            node[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
-    ConfigStore.instance().store(name="collect_base", node={"collect": node})
+    ConfigStore.instance().store(name="collect_base",
+                                 node={"collect": config_defaults(CollectConfig)})
 
 
 def seed_task(cfg: CollectConfig, k: int) -> tuple[int, str]:

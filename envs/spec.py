@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -167,3 +168,12 @@ DEFAULT_ACTION_SPEC = make_action_spec()
 # gripper opening (m, distance between the fingers).
 STATE_NAMES: tuple[str, ...] = ("ee_x", "ee_y", "ee_z", "ee_qx", "ee_qy", "ee_qz", "ee_qw",
                                 "gripper_width")
+
+
+def config_defaults(config_class: type) -> dict[str, Any]:
+    """A config dataclass's defaults as plain YAML-able values (tuples become lists; fields
+    without a default are left out). Every config's defaults live in its dataclass; the
+    entry points store these as hydra nodes that the YAML files build on (`collect_base`,
+    `eval/base`, `policy/<kind>_base`)."""
+    return {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+            for f in fields(config_class) if f.default is not MISSING}

@@ -40,15 +40,21 @@ def _signs(names: Sequence[str], signs: Mapping[str, float]) -> torch.Tensor:
     return torch.tensor([signs.get(n, 1.0) for n in names])
 
 
+def _check_in_xz_plane(camera: Mapping[str, Any] | None, keys: tuple[str, str],
+                       what: str) -> None:
+    """Raise unless `camera` gives both `keys` and each lies in its frame's y = 0 plane."""
+    if not isinstance(camera, Mapping) or any(k not in camera for k in keys):
+        raise ValueError(f"augment_mirror needs the {what}'s {keys[0]} and {keys[1]} in "
+                         f"env_info; got {camera!r}")
+    a, b = (float(camera[k][1]) for k in keys)
+    if abs(a) > 1e-6 or abs(b) > 1e-6:
+        raise ValueError(f"augment_mirror assumes a {what} in the y = 0 plane; this one has "
+                         f"{keys[0]} y={a}, {keys[1]} y={b}. Set augment_mirror=0.")
+
+
 def check_mirror_camera(camera: Mapping[str, Any] | None) -> None:
     """Raise unless the camera looks along the x-z plane (eye and target at y = 0)."""
-    if not isinstance(camera, Mapping) or "eye" not in camera or "target" not in camera:
-        raise ValueError(f"augment_mirror needs the camera's eye and target in env_info; got "
-                         f"camera={camera!r}")
-    eye_y, target_y = float(camera["eye"][1]), float(camera["target"][1])
-    if abs(eye_y) > 1e-6 or abs(target_y) > 1e-6:
-        raise ValueError(f"augment_mirror assumes a camera in the y = 0 plane; this one has "
-                         f"eye y={eye_y}, target y={target_y}. Set augment_mirror=0.")
+    _check_in_xz_plane(camera, ("eye", "target"), "camera")
 
 
 def check_mirror_wrist(wrist_camera: Mapping[str, Any] | None) -> None:
@@ -60,14 +66,7 @@ def check_mirror_wrist(wrist_camera: Mapping[str, Any] | None) -> None:
     sees the original image flipped left-right, as the front camera does.
     tests/policy/test_wrist.py renders both sides and compares.
     """
-    if not isinstance(wrist_camera, Mapping) or "offset" not in wrist_camera or (
-            "look_at" not in wrist_camera):
-        raise ValueError(f"augment_mirror with the wrist camera needs its offset and look_at "
-                         f"in env_info; got wrist_camera={wrist_camera!r}")
-    off_y, look_y = float(wrist_camera["offset"][1]), float(wrist_camera["look_at"][1])
-    if abs(off_y) > 1e-6 or abs(look_y) > 1e-6:
-        raise ValueError(f"augment_mirror assumes a wrist camera in the hand's x-z plane; this "
-                         f"one has offset y={off_y}, look_at y={look_y}. Set augment_mirror=0.")
+    _check_in_xz_plane(wrist_camera, ("offset", "look_at"), "wrist camera")
 
 
 def mirror_batch(batch: Mapping[str, Any], action_names: Sequence[str], prob: float,

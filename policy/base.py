@@ -28,7 +28,16 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from envs.spec import ACTION, IMAGE, INSTRUCTION, STATE, STATE_NAMES, WRIST_IMAGE, ActionSpec
+from envs.spec import (
+    ACTION,
+    IMAGE,
+    INSTRUCTION,
+    STATE,
+    STATE_NAMES,
+    WRIST_IMAGE,
+    ActionSpec,
+    config_defaults,
+)
 from policy.augment import check_mirror_camera, check_mirror_wrist, mirror_batch
 
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "action_spec.json", "stats.json",
@@ -491,15 +500,6 @@ def _load_families() -> None:
     """Import the model families so that they register their kinds."""
     import policy.gato  # noqa: F401
     import policy.rt1  # noqa: F401
-
-
-def config_defaults(config_class: type) -> dict[str, Any]:
-    """A config dataclass's defaults as plain YAML-able values (tuples become lists)."""
-    out: dict[str, Any] = {}
-    for f in fields(config_class):
-        value = f.default
-        out[f.name] = list(value) if isinstance(value, tuple) else value
-    return out
 
 
 def register_policy_configs() -> None:

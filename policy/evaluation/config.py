@@ -21,7 +21,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from envs.spec import EVAL_SEED_START
+from envs.spec import EVAL_SEED_START, config_defaults
 from policy.evaluation.actors import BASELINES
 from policy.evaluation.results import EvalReport
 from policy.evaluation.runner import TRAINED, EnvSettings, evaluate
@@ -93,9 +93,7 @@ class EvalConfig:
 
 def register_configs() -> None:
     """Store EvalConfig's defaults as the hydra node `eval/base` (see the module docstring)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(EvalConfig)}
-    node = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
-    ConfigStore.instance().store(group="eval", name="base", node=node)
+    ConfigStore.instance().store(group="eval", name="base", node=config_defaults(EvalConfig))
 
 
 register_configs()
