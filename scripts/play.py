@@ -39,7 +39,7 @@ def main(cfg: DictConfig) -> None:
     play = Playground(checkpoints, task=cfg.task, split=cfg.split,
                       seed=EVAL_SEED_START if cfg.seed is None else int(cfg.seed),
                       view=instantiate(cfg.view), dataset=cfg.dataset,
-                      max_sessions=server.max_sessions)
+                      max_sessions=server.max_sessions, control_hz=cfg.control_hz)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # closes like Ctrl-C
     app = None
     try:

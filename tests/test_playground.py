@@ -209,6 +209,15 @@ def test_bad_input_is_named(session: PlaySession) -> None:
     assert [key[:2] for key in session._envs] == [("push", "distractors")]
 
 
+def test_the_play_rate_defaults_to_the_checkpoints_and_refuses_zero(checkpoint) -> None:
+    from policy.playground.app import Playground
+
+    assert Playground({POLICY: checkpoint}).control_hz == checkpoint.served.control_hz
+    assert Playground({POLICY: checkpoint}, control_hz=2).control_hz == 2.0
+    with pytest.raises(ValueError, match="control_hz=0; expected a rate > 0 Hz"):
+        Playground({POLICY: checkpoint}, control_hz=0)
+
+
 def test_listening_off_loopback_needs_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     assert PlayServerConfig().host == "127.0.0.1"

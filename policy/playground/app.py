@@ -48,7 +48,7 @@ class Playground:
     def __init__(self, checkpoints: Mapping[str, Checkpoint], task: str = "pick",
                  split: str = "seen", seed: int = EVAL_SEED_START,
                  view: CameraConfig | None = VIEW_CAMERA, dataset: str | None = None,
-                 max_sessions: int = 4) -> None:
+                 max_sessions: int = 4, control_hz: float | None = None) -> None:
         import envs
 
         if max_sessions < 1:
@@ -63,7 +63,13 @@ class Playground:
         self.view = view
         self.dataset = dataset or ""
         self.max_sessions = max_sessions
-        self.control_hz = float(self.checkpoints[POLICY].served.control_hz)
+        # Start runs one step per period; None: the checkpoint's own control rate. A lower
+        # rate plays an episode slowly enough to watch (or to pause at a chosen step).
+        served_hz = float(self.checkpoints[POLICY].served.control_hz)
+        self.control_hz = served_hz if control_hz is None else float(control_hz)
+        if not self.control_hz > 0:
+            raise ValueError(f"control_hz={control_hz}; expected a rate > 0 Hz (or None for "
+                             f"the checkpoint's {served_hz:g} Hz)")
         self.sessions: dict[str, PlaySession] = {}
         self.browsers: dict[str, DatasetBrowser] = {}
         self._lock = threading.Lock()
