@@ -39,6 +39,8 @@ _LAZY = {
     "TabletopEnv": "envs.tabletop",
     "TASK_CLASSES": "envs.tasks",
     "SPLITS": "envs.splits",
+    "VISUAL_SPLITS": "envs.splits",
+    "ALL_SPLITS": "envs.splits",
 }
 
 
@@ -59,18 +61,21 @@ def make_env(
     split_overrides: dict[str, Any] | None = None,
     skip_render: bool = False,
     physics: dict[str, Any] | None = None,
+    prompt_image_size: int = 32,
 ) -> TabletopEnv:
     """Build one TabletopEnv (no gymnasium wrappers). `skip_render=True` returns black
     images: a fast path for oracle-only checks; the default always renders. `physics`:
     envs.physics.PhysicsConfig fields (None: the defaults stores and checkpoints use).
-    `background_mask=True` adds obs["background_mask"] (envs/tabletop.py)."""
+    `background_mask=True` adds obs["background_mask"]; a split with `visual_prompts` > 0
+    adds obs["prompt_images"], crops of prompt_image_size px (envs/tabletop.py)."""
     from envs.tabletop import TabletopEnv
 
     return TabletopEnv(task=task, split=split, image_size=image_size,
                        wrist_camera=wrist_camera, background_mask=background_mask,
                        render_mode=render_mode,
                        max_steps=max_steps, split_overrides=split_overrides,
-                       skip_render=skip_render, physics=physics)
+                       skip_render=skip_render, physics=physics,
+                       prompt_image_size=prompt_image_size)
 
 
 def _register() -> None:
@@ -82,4 +87,4 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["ENV_IDS", "SPLITS", "TASKS", "TASK_CLASSES", "TabletopEnv", "make_env"]
+__all__ = ["ALL_SPLITS", "ENV_IDS", "SPLITS", "VISUAL_SPLITS", "TASKS", "TASK_CLASSES", "TabletopEnv", "make_env"]

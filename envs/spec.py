@@ -35,6 +35,20 @@ STATE = "state"
 INSTRUCTION = "instruction"
 ACTION = "action"
 
+# Multimodal prompts: an instruction may name an object by showing it. Each occurrence of
+# PROMPT_SLOT in the instruction ("pick up the {image}") stands for one image, in order:
+# obs[PROMPT_IMAGES] is uint8 (MAX_PROMPT_IMAGES, S, S, 3), the crops in the order of their
+# slots, zero-filled past the instruction's slot count. Text-only instructions have no slot;
+# an env or store without visual prompts has no PROMPT_IMAGES at all.
+PROMPT_IMAGES = "prompt_images"
+PROMPT_SLOT = "{image}"
+MAX_PROMPT_IMAGES = 2
+
+
+def prompt_slots(instruction: str) -> int:
+    """How many images `instruction` refers to (its PROMPT_SLOT markers)."""
+    return instruction.count(PROMPT_SLOT)
+
 # Control: physics at 240 Hz, 24 substeps per action -> 10 Hz control.
 PHYSICS_HZ = 240
 CONTROL_HZ = 10

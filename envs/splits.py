@@ -15,6 +15,15 @@ content `seen` never uses (tests/envs/test_splits.py proves the sets are disjoin
 | unseen_instruction | instruction paraphrases and verbs (task templates)    |
 | distractors        | more distractor objects than seen ever has            |
 | backgrounds        | table colours, table textures, light directions/tints |
+
+Two more evaluation levels show objects by image instead of naming them (multimodal
+prompts, envs/prompts.py); they are not in SPLITS, the six zero-shot splits evaluation runs
+by default, but in VISUAL_SPLITS:
+
+| split                       | content                                             |
+|-----------------------------|-----------------------------------------------------|
+| visual_prompt               | seen's, every target shown by an image crop          |
+| visual_prompt_unseen_object | unseen_object's, every target shown by an image crop |
 """
 
 from __future__ import annotations
@@ -69,6 +78,11 @@ class SplitConfig:
     #                       become the targets, in the colours the set allows
     scene_set: str = ""  # path of a scene set YAML (envs/scenes.py); its tables replace
     #                      `tables`, its light ranges (if any) the ones above
+    visual_prompts: float = 0.0  # share of episodes whose target is shown by an image crop
+    #                              instead of named ("pick up the {image}"; envs/prompts.py)
+    visual_prompt_refs: float = 0.5  # of those, the share that show the second object
+    #                                  (place's container, stack's base, move_near's
+    #                                  reference) by image as well
 
     def __post_init__(self) -> None:
         known = set(BUILTIN_OBJECTS)
@@ -97,6 +111,11 @@ class SplitConfig:
                              "(low, high) with 0 <= low <= high")
         if not self.target_combos:
             raise ValueError(f"split {self.name!r}: target_combos is empty")
+        for field_name in ("visual_prompts", "visual_prompt_refs"):
+            share = getattr(self, field_name)
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"split {self.name!r}: {field_name}={share}; expected a "
+                                 "share in [0, 1]")
 
 
 _CONTAINERS = tuple(itertools.product(CONTAINER_COLOURS, CONTAINERS))
@@ -117,13 +136,21 @@ SPLIT_CONFIGS: dict[str, SplitConfig] = {
         _SEEN, name="backgrounds", tables=HELD_OUT_TABLES, light_azimuth=(1.8, 4.4),
         light_tint=(0.1, 0.25), ambient=(0.35, 0.5)),
 }
+# The six zero-shot splits: what evaluation runs when no split is named.
 SPLITS: tuple[str, ...] = tuple(SPLIT_CONFIGS)
+SPLIT_CONFIGS["visual_prompt"] = dataclasses.replace(_SEEN, name="visual_prompt",
+                                                     visual_prompts=1.0)
+SPLIT_CONFIGS["visual_prompt_unseen_object"] = dataclasses.replace(
+    SPLIT_CONFIGS["unseen_object"], name="visual_prompt_unseen_object", visual_prompts=1.0)
+# Targets shown by image only (multimodal prompts): asked for by name in `eval.splits`.
+VISUAL_SPLITS: tuple[str, ...] = ("visual_prompt", "visual_prompt_unseen_object")
+ALL_SPLITS: tuple[str, ...] = SPLITS + VISUAL_SPLITS
 
 
 def resolve_split(name: str, overrides: Mapping[str, Any] | None = None) -> SplitConfig:
     """The split `name` with `overrides` (field name -> value) applied and validated."""
     if name not in SPLIT_CONFIGS:
-        raise ValueError(f"unknown split {name!r}; expected one of {list(SPLITS)}")
+        raise ValueError(f"unknown split {name!r}; expected one of {list(ALL_SPLITS)}")
     cfg = SPLIT_CONFIGS[name]
     if not overrides:
         return cfg

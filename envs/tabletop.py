@@ -42,6 +42,7 @@ from envs.catalog import (
     load_object_set,
 )
 from envs.physics import PhysicsConfig
+from envs.prompts import PromptStudio, StudioConfig
 from envs.robot import Panda, Workspace
 from envs.scenes import SceneSet, TableLook, TextureFiles, load_scene_set
 from envs.spec import (
@@ -50,6 +51,8 @@ from envs.spec import (
     DEFAULT_ACTION_SPEC,
     IMAGE,
     INSTRUCTION,
+    MAX_PROMPT_IMAGES,
+    PROMPT_IMAGES,
     STATE,
     STATE_NAMES,
     WRIST_IMAGE,
@@ -58,7 +61,7 @@ from envs.splits import SplitConfig, resolve_split
 from envs.tasks import TASK_CLASSES
 
 ENV_VERSION = "0"
-INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.'?!-_"
+INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.'?!-_{}"  # {}: PROMPT_SLOT
 START_EE = np.array([0.42, 0.0, 0.22])  # m; jittered by up to 3 cm per episode
 # The action spec's bounds and units as arrays, built once (ActionSpec builds them per call).
 _ACTION_LOW, _ACTION_HIGH = DEFAULT_ACTION_SPEC.low, DEFAULT_ACTION_SPEC.high
@@ -72,7 +75,9 @@ class TabletopEnv(gym.Env):
     (SplitConfig field -> value) applied; image_size: front and wrist camera resolution;
     wrist_camera: add obs["wrist_image"]; background_mask: add obs["background_mask"], uint8
     (H, W) 1 on the table and the empty background, 0 on the robot and the objects (the
-    front camera's segmentation buffer, same render); max_steps: None = the task's own limit;
+    front camera's segmentation buffer, same render); prompt_image_size: the side of the
+    visual prompts' crops, obs["prompt_images"], present when the split's `visual_prompts`
+    share is above 0 (envs/prompts.py); max_steps: None = the task's own limit;
     skip_render: black images (oracle-only checks; physics is unchanged); physics:
     substeps, solver and IK settings (envs/physics.py; None = the defaults every store and
     checkpoint so far was made with).
@@ -92,6 +97,7 @@ class TabletopEnv(gym.Env):
         split_overrides: dict[str, Any] | None = None,
         skip_render: bool = False,
         physics: PhysicsConfig | dict[str, Any] | None = None,
+        prompt_image_size: int = 32,
     ) -> None:
         self.physics = PhysicsConfig.from_value(physics)
         if task not in TASK_CLASSES:
@@ -130,6 +136,9 @@ class TabletopEnv(gym.Env):
         self.wrist_config = WristCameraConfig(width=image_size, height=image_size)
         self.wrist = WristCamera(self.wrist_config) if wrist_camera else None
         self.background_mask = bool(background_mask)
+        self.studio_config = StudioConfig(image_size=prompt_image_size)
+        self.visual_prompts = self.split.visual_prompts > 0
+        self._studio: PromptStudio | None = None  # its own PyBullet client, made on first use
         self.table_z = 0.0
         self.table_region = ((0.36, 0.62), (-0.2, 0.2))
         self.workspace = Workspace()
@@ -148,6 +157,10 @@ class TabletopEnv(gym.Env):
         if self.background_mask:
             obs_spaces[BACKGROUND_MASK] = spaces.Box(0, 1, self.camera_config.image_shape[:2],
                                                      dtype=np.uint8)
+        if self.visual_prompts:
+            size = self.studio_config.image_size
+            obs_spaces[PROMPT_IMAGES] = spaces.Box(0, 255, (MAX_PROMPT_IMAGES, size, size, 3),
+                                                   dtype=np.uint8)
         self.observation_space = spaces.Dict(obs_spaces)
         self.action_space = spaces.Box(DEFAULT_ACTION_SPEC.low, DEFAULT_ACTION_SPEC.high,
                                        dtype=np.float32)
@@ -207,12 +220,47 @@ class TabletopEnv(gym.Env):
         if self.client >= 0:
             p.disconnect(physicsClientId=self.client)
             self.client = -1
+        if self._studio is not None:
+            self._studio.close()
+            self._studio = None
 
     # ---- robotok API ----------------------------------------------------------------
     @property
     def instruction(self) -> str:
         """This episode's instruction: the task formats it in `Task.reset` ("" before)."""
         return self.task.instruction
+
+    @property
+    def prompt_words(self) -> tuple[str, ...]:
+        """The words this episode's visual prompts replaced, one per PROMPT_SLOT, in order
+        (e.g. ("red cube",)); empty for a text-only instruction."""
+        return self.task.prompt_words
+
+    def draw_visual_prompt(self, objects: dict[str, Any]) -> dict[str, np.ndarray]:
+        """For `Task.reset`: which of `objects` (template field -> SpawnedObject) this episode
+        shows by an image crop, with the crops. None in a text-only episode; else "obj" (the
+        target) and, in `visual_prompt_refs` of the episodes, the other fields too.
+
+        Draws from a generator jumped off the env's own (PCG64's jump, 2^127 steps ahead),
+        which leaves `self.np_random` where it was: a seed gives the same scene, physics and
+        instruction template with or without visual prompts."""
+        s = self.split
+        if s.visual_prompts <= 0 or not objects:
+            return {}
+        rng = np.random.Generator(self.np_random.bit_generator.jumped())
+        if rng.uniform() >= s.visual_prompts:
+            return {}
+        shown = {k: obj for k, obj in objects.items()
+                 if k == "obj" or rng.uniform() < s.visual_prompt_refs}
+        if len(shown) > MAX_PROMPT_IMAGES:
+            raise ValueError(f"task {self.task_name!r} shows {len(shown)} objects by image; "
+                             f"expected at most MAX_PROMPT_IMAGES={MAX_PROMPT_IMAGES}")
+        if self._studio is None:
+            self._studio = PromptStudio(self.studio_config)
+        if self.skip_render:
+            return {k: np.zeros(self._studio.shape, dtype=np.uint8) for k in shown}
+        return {k: self._studio.render(obj.definition, obj.colour, obj.scale, rng)
+                for k, obj in shown.items()}
 
     def oracle_action(self) -> np.ndarray:
         """The oracle's clean intended action for the current state, float32 (8,)."""
@@ -239,6 +287,7 @@ class TabletopEnv(gym.Env):
             "split_overrides": self.split_overrides,
             "max_steps": self.max_steps,
             "skip_render": self.skip_render,
+            "prompt_images": self.studio_config.to_dict() if self.visual_prompts else None,
         }
 
     # ---- internals ------------------------------------------------------------------
@@ -348,6 +397,8 @@ class TabletopEnv(gym.Env):
             image = self.camera.render(self.client, self.lighting)
         obs: dict[str, Any] = {IMAGE: image, STATE: self.robot.state(),
                                INSTRUCTION: self.instruction}
+        if self.visual_prompts:
+            obs[PROMPT_IMAGES] = self._prompt_array()
         if self.background_mask:
             obs[BACKGROUND_MASK] = mask
         if self.wrist is not None:
@@ -359,6 +410,14 @@ class TabletopEnv(gym.Env):
                 obs[WRIST_IMAGE] = self.wrist.render(self.client, np.asarray(st[4]),
                                                      np.asarray(st[5]), self.lighting)
         return obs
+
+    def _prompt_array(self) -> np.ndarray:
+        """This episode's crops as uint8 (MAX_PROMPT_IMAGES, S, S, 3), zeros past the last."""
+        size = self.studio_config.image_size
+        out = np.zeros((MAX_PROMPT_IMAGES, size, size, 3), dtype=np.uint8)
+        for i, crop in enumerate(self.task.prompt_images):
+            out[i] = crop
+        return out
 
     def __del__(self) -> None:
         # At interpreter shutdown pybullet may already be gone.

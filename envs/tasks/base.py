@@ -15,6 +15,7 @@ grows with the horizontal error, instead of a hard hover/descend switch).
 from __future__ import annotations
 
 import math
+import string
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -28,7 +29,7 @@ from envs.catalog import (
     object_yaw,
     spawn_object,
 )
-from envs.spec import DEFAULT_ACTION_SPEC
+from envs.spec import DEFAULT_ACTION_SPEC, PROMPT_SLOT
 
 if TYPE_CHECKING:
     from envs.tabletop import TabletopEnv
@@ -76,20 +77,39 @@ class Task:
         self.defs = dict(BUILTIN_OBJECTS) if object_defs is None else object_defs
         self.objects: list[SpawnedObject] = []
         self.instruction = ""
+        # Visual prompts (envs/prompts.py): the crops shown in the instruction's PROMPT_SLOTs,
+        # in order, and the words each one replaced; empty for a text-only instruction.
+        self.prompt_images: tuple[np.ndarray, ...] = ()
+        self.prompt_words: tuple[str, ...] = ()
 
     def reset(self, env: TabletopEnv) -> str:
         """Start an episode: spawn the scene (`sample`), then choose one of this split's
         templates with the env's generator and fill it in. Returns the instruction, which
-        the task keeps in `self.instruction` (CLIPort formats its goal in the task too)."""
+        the task keeps in `self.instruction` (CLIPort formats its goal in the task too).
+
+        In the split's `visual_prompts` share of episodes the env shows the target (and, in
+        `visual_prompt_refs` of those, the second object) by an image crop: its field becomes
+        PROMPT_SLOT and the crop goes to `prompt_images`, in the order the slots appear."""
         fields = self.sample(env)
         templates = self.templates_for(env)
         template = templates[int(env.np_random.integers(len(templates)))]
-        try:
-            self.instruction = template.format(**fields)
-        except KeyError as err:
-            raise ValueError(f"instruction template {template!r} uses field {err} but task "
-                             f"{self.name!r} offers {sorted(fields)}") from None
+        order = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+        missing = [name for name in order if name not in fields]
+        if missing:
+            raise ValueError(f"instruction template {template!r} uses field {missing[0]!r} but"
+                             f" task {self.name!r} offers {sorted(fields)}")
+        shown = env.draw_visual_prompt(
+            {k: v for k, v in self.prompt_objects().items() if k in order})
+        self.prompt_images = tuple(shown[name] for name in order if name in shown)
+        self.prompt_words = tuple(fields[name] for name in order if name in shown)
+        self.instruction = template.format(
+            **{k: PROMPT_SLOT if k in shown else v for k, v in fields.items()})
         return self.instruction
+
+    def prompt_objects(self) -> dict[str, SpawnedObject]:
+        """The template fields that name an object, with the object: what a visual prompt
+        may show instead. "obj" (the target) first; tasks with a second object add "ref"."""
+        return {"obj": self.target}
 
     def templates_for(self, env: TabletopEnv) -> tuple[str, ...]:
         """The templates this episode draws from: the split's own, if it sets any, else the

@@ -44,6 +44,9 @@ class MoveNearTask(TransportTask):
         self.offset = self._free_offset(env)
         return {"obj": self.target.name, "ref": self.ref.name}
 
+    def prompt_objects(self) -> dict[str, SpawnedObject]:
+        return {"obj": self.target, "ref": self.ref}
+
     def _free_offset(self, env: TabletopEnv) -> np.ndarray:
         """Where beside Y to put X: of 8 directions, the one farthest from other objects
         and inside the table region, at a distance that clears both footprints."""

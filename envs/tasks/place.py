@@ -44,6 +44,9 @@ class PlaceTask(TransportTask):
         self.target, self.container = self.objects[0], self.objects[1]
         return {"obj": self.target.name, "ref": self.container.name}
 
+    def prompt_objects(self) -> dict[str, SpawnedObject]:
+        return {"obj": self.target, "ref": self.container}
+
     def goal_xy(self, env: TabletopEnv) -> np.ndarray:
         pos, _ = p.getBasePositionAndOrientation(self.container.body, physicsClientId=env.client)
         return np.asarray(pos[:2])

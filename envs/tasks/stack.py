@@ -45,6 +45,9 @@ class StackTask(TransportTask):
         self.target, self.base = self.objects[0], self.objects[1]
         return {"obj": self.target.name, "ref": self.base.name}
 
+    def prompt_objects(self) -> dict[str, SpawnedObject]:
+        return {"obj": self.target, "ref": self.base}
+
     def _base_top(self, env: TabletopEnv) -> float:
         return float(object_position(env.client, self.base)[2]) + self.base.half_height
 
