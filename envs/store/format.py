@@ -18,6 +18,16 @@ Layout (docs/CONTRACTS.md, "Episode store"), in the style of diffusion_policy's 
         meta/seed                  int64   (E,)     the env seed that reproduces the episode
         meta/success               bool    (E,)
         meta/rejected_seed         int64   (R,)     seeds tried and not kept (failures)
+        meta/prompt_images         uint8   (E, K, S, S, 3)  only in shards collected with
+                                   visual prompts (info["prompt_image_shape"] = [K, S, S, 3],
+                                   K = envs.spec.MAX_PROMPT_IMAGES): each episode's prompt
+                                   crops in the order of its instruction's "{image}" slots,
+                                   zeros past its slot count (all zeros: a text-only episode)
+        meta/prompt_word_id        int32   (E, K)   index into attrs["prompt_words"] of the
+                                   words each slot replaced ("red cube"); -1 for unused slots
+
+Shards without info["prompt_image_shape"] have neither prompt array nor the prompt_words
+table, so every store written before visual prompts reads as before.
 """
 
 from __future__ import annotations
@@ -27,7 +37,17 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.spec import BACKGROUND_MASK, COLLECT_SEED_START, EVAL_SEED_START, IMAGE, WRIST_IMAGE
+from envs.spec import (
+    BACKGROUND_MASK,
+    COLLECT_SEED_START,
+    EVAL_SEED_START,
+    IMAGE,
+    MAX_PROMPT_IMAGES,
+    PROMPT_IMAGES,
+    PROMPT_SLOT,
+    WRIST_IMAGE,
+    prompt_slots,
+)
 
 FORMAT_NAME = "robotok-episodes"
 FORMAT_VERSION = 1
@@ -46,6 +66,13 @@ VECTOR_KEYS: tuple[str, ...] = ("state", "action", "executed_action")
 ID_KEYS: dict[str, str] = {"instruction_id": "int32", "task_id": "int16", "split_id": "int16"}
 META_KEYS: dict[str, str] = {"episode_ends": "int64", "seed": "int64", "success": "bool"}
 REJECTED_KEY = "rejected_seed"
+# Per-episode visual prompts (envs.spec.PROMPT_IMAGES), only in shards whose info has
+# PROMPT_SHAPE_KEY. Crops are small (2 x 32 x 32 x 3 = 6 KB an episode); 16 episodes a chunk
+# keeps the chunk a commit rewrites under 100 KB.
+PROMPT_IMAGES_KEY = PROMPT_IMAGES
+PROMPT_WORD_ID_KEY = "prompt_word_id"
+PROMPT_SHAPE_KEY = "prompt_image_shape"
+PROMPT_CHUNK_EPISODES = 16
 
 # Images: 16 frames per chunk is about one pick episode, so a commit rewrites one or two
 # chunks and a random window touches one; zstd level 3 compressed rendered 96 px frames
@@ -63,17 +90,23 @@ STATS_KEYS: tuple[str, ...] = ("action", "state")
 
 # Info keys that must agree between shards of one store (and between a writer and the shard
 # it reopens): a policy trained on the store is checked against these.
+# A shard with prompt images and one without are compatible (the text-only one reads as
+# zero crops); two with prompt crops of different sizes are not.
 COMPAT_KEYS: tuple[str, ...] = (
     "image_keys", "image_shape", "action_spec", "state_names", "renderer", "camera",
-    "control_hz", "physics_hz",
+    "control_hz", "physics_hz", PROMPT_SHAPE_KEY,
 )
+_COMPAT_HINTS = {
+    PROMPT_SHAPE_KEY: " (prompt crops of different sizes S cannot share one store; collect "
+                      "them at one crop size)",
+}
 
 
 def compat_mismatch(a: dict, b: dict) -> str | None:
     """What differs between two shards' info in COMPAT_KEYS, or None when they agree."""
     for key in COMPAT_KEYS:
         if key in a and key in b and a[key] != b[key]:
-            return f"info[{key!r}] differs: {a[key]!r} != {b[key]!r}"
+            return f"info[{key!r}] differs: {a[key]!r} != {b[key]!r}{_COMPAT_HINTS.get(key, '')}"
     return None
 
 
@@ -101,6 +134,12 @@ class Episode:
     success: bool
     wrist_image: np.ndarray | None = None  # uint8 (T, H, W, 3) when a wrist camera is used
     background_mask: np.ndarray | None = None  # uint8 (T, H, W) 0/1 (envs.spec.BACKGROUND_MASK)
+    # Visual prompts (envs.spec.PROMPT_IMAGES): uint8 (MAX_PROMPT_IMAGES, S, S, 3), the crops
+    # of the instruction's PROMPT_SLOT markers in order, zeros past the slot count; None for
+    # an episode recorded without them. prompt_words: the words each slot replaced, one per
+    # slot ("red cube",); () for a text-only instruction.
+    prompt_images: np.ndarray | None = None
+    prompt_words: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.image = np.asarray(self.image)
@@ -137,6 +176,44 @@ class Episode:
                     f"{self.background_mask.dtype}; expected uint8 {self.image.shape[:3]} "
                     "(one 0/1 mask per front-camera frame)"
                 )
+        self._check_prompt()
+
+    def _check_prompt(self) -> None:
+        """Prompt images and words agree with the instruction's slots (envs.spec contract)."""
+        if isinstance(self.prompt_words, str) or not all(
+                isinstance(w, str) and w for w in self.prompt_words):
+            raise ValueError(f"episode prompt_words={self.prompt_words!r}; expected a tuple of "
+                             "non-empty strings, one per image slot")
+        self.prompt_words = tuple(self.prompt_words)
+        slots = prompt_slots(self.instruction)
+        if len(self.prompt_words) != slots:
+            raise ValueError(
+                f"episode prompt_words={self.prompt_words!r} has {len(self.prompt_words)} "
+                f"words but instruction {self.instruction!r} has {slots} {PROMPT_SLOT} "
+                "slots; expected one word per slot")
+        if self.prompt_images is None:
+            if slots:
+                raise ValueError(
+                    f"instruction {self.instruction!r} has {slots} {PROMPT_SLOT} slots but "
+                    "the episode has no prompt_images; expected uint8 "
+                    f"({MAX_PROMPT_IMAGES}, S, S, 3)")
+            return
+        img = np.asarray(self.prompt_images)
+        if (img.ndim != 4 or img.shape[0] != MAX_PROMPT_IMAGES or img.shape[1] != img.shape[2]
+                or img.shape[3] != 3 or img.dtype != np.uint8):
+            raise ValueError(
+                f"episode prompt_images has shape {img.shape} dtype {img.dtype}; expected "
+                f"uint8 ({MAX_PROMPT_IMAGES}, S, S, 3) (envs.spec.MAX_PROMPT_IMAGES square "
+                "crops)")
+        if slots > MAX_PROMPT_IMAGES:
+            raise ValueError(
+                f"instruction {self.instruction!r} has {slots} {PROMPT_SLOT} slots; at most "
+                f"{MAX_PROMPT_IMAGES} (envs.spec.MAX_PROMPT_IMAGES)")
+        if img[slots:].any():
+            raise ValueError(
+                f"episode prompt_images has non-zero crops past the instruction's {slots} "
+                f"{PROMPT_SLOT} slots ({self.instruction!r}); expected zeros there")
+        self.prompt_images = img
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
@@ -158,6 +235,7 @@ class ShardTables:
     instructions: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
     splits: list[str] = field(default_factory=list)
+    prompt_words: list[str] = field(default_factory=list)  # only shards with prompt images
 
 
 def shard_name(index: int) -> str:

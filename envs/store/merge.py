@@ -17,7 +17,9 @@ def merge(sources: Sequence[Path | str], dest: Path | str, skip_bad_shards: bool
 
     Seeds must be unique across the sources (collection guarantees this within one store);
     a duplicate raises ValueError naming the seed. Episodes are copied one at a time, so
-    memory stays at one episode.
+    memory stays at one episode. When any source has visual prompt images, the merged store
+    has them too (episodes of sources without them become text-only ones: zero crops, no
+    words); sources whose crops differ in size are refused.
     """
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
@@ -26,10 +28,13 @@ def merge(sources: Sequence[Path | str], dest: Path | str, skip_bad_shards: bool
     if not stores:
         raise ValueError("merge needs at least one source store")
     first = stores[0]
-    for st in stores[1:]:
-        problem = compat_mismatch(first.info, st.info)
-        if problem:
-            raise StoreError(st.path, f"cannot merge with {first.path}: {problem}")
+    for k, st in enumerate(stores[1:], start=1):
+        # Against every earlier source: keys a source lacks (prompt_image_shape in a store
+        # without prompts) must still agree between the sources that have them.
+        for other in stores[:k]:
+            problem = compat_mismatch(other.info, st.info)
+            if problem:
+                raise StoreError(st.path, f"cannot merge with {other.path}: {problem}")
     info = {k: v for k, v in first.shards[0].info.items() if k not in ("counts",)}
     info["merged_from"] = [str(Path(s).resolve()) for s in sources]
     seen: set[int] = set()
@@ -37,9 +42,12 @@ def merge(sources: Sequence[Path | str], dest: Path | str, skip_bad_shards: bool
     dest.mkdir(parents=True, exist_ok=True)
     # Masks only when every source has them (an episode without one cannot be appended).
     masks = [k for k in first.mask_keys if all(k in st.mask_keys for st in stores)]
+    # Prompt images when any source has them (compat_mismatch above refused differing sizes).
+    prompt = next((st.prompt_image_shape for st in stores if st.prompt_image_shape), None)
     writer = ShardWriter(dest / shard_name(0), info=info, image_shape=first.image_shape,
                          image_keys=first.image_keys, chunk_frames=chunk_frames,
-                         mask_keys=masks)
+                         mask_keys=masks,
+                         prompt_image_size=None if prompt is None else prompt[1])
     for st in stores:
         for sh in st.shards:
             for i in range(sh.num_episodes):

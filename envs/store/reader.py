@@ -20,13 +20,16 @@ from typing import Any
 import numpy as np
 import zarr
 
-from envs.spec import BACKGROUND_MASK, IMAGE, WRIST_IMAGE
+from envs.spec import BACKGROUND_MASK, IMAGE, MAX_PROMPT_IMAGES, WRIST_IMAGE
 from envs.store.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     ID_KEYS,
     MASK_KEYS,
     META_KEYS,
+    PROMPT_IMAGES_KEY,
+    PROMPT_SHAPE_KEY,
+    PROMPT_WORD_ID_KEY,
     REJECTED_KEY,
     SHARD_PREFIX,
     STATS_KEYS,
@@ -119,7 +122,8 @@ class ShardReader:
             self.num_rejected = int(commit.get("rejected", 0))
             self.info: dict[str, Any] = dict(attrs["info"])
             self.tables = ShardTables(
-                list(attrs["instructions"]), list(attrs["tasks"]), list(attrs["splits"])
+                list(attrs["instructions"]), list(attrs["tasks"]), list(attrs["splits"]),
+                list(attrs.get("prompt_words", [])),
             )
             self.stored_stats: dict[str, Any] = dict(attrs.get("stats", {}))
         except (KeyError, TypeError, ValueError) as err:
@@ -130,6 +134,15 @@ class ShardReader:
         unknown = [k for k in self.mask_keys if k not in MASK_KEYS]
         if unknown:
             raise StoreError(meta, f"unknown mask keys {unknown}; this reader knows {MASK_KEYS}")
+        # Visual prompts: only in shards collected with them (info[PROMPT_SHAPE_KEY]).
+        shape = self.info.get(PROMPT_SHAPE_KEY)
+        self.prompt_image_shape: tuple[int, ...] | None = (
+            tuple(int(d) for d in shape) if shape is not None else None)
+        ps = self.prompt_image_shape
+        if ps is not None and (len(ps) != 4 or ps[0] != MAX_PROMPT_IMAGES or ps[1] != ps[2]
+                               or ps[3] != 3):
+            raise StoreError(meta, f"info[{PROMPT_SHAPE_KEY!r}]={list(ps)}; this reader reads "
+                                   f"[{MAX_PROMPT_IMAGES}, S, S, 3]")
         self._group = group
         self.arrays: dict[str, zarr.Array] = {}
         for key in self.image_keys + self.mask_keys + list(VECTOR_KEYS) + list(ID_KEYS):
@@ -137,6 +150,9 @@ class ShardReader:
         self.meta: dict[str, zarr.Array] = {
             k: _open_array(group, self.path, f"meta/{k}") for k in [*META_KEYS, REJECTED_KEY]
         }
+        if ps is not None:
+            for k in (PROMPT_IMAGES_KEY, PROMPT_WORD_ID_KEY):
+                self.meta[k] = _open_array(group, self.path, f"meta/{k}")
         self._validate_structure()
         ends = _read_rows(self.path, self.meta["episode_ends"], "meta/episode_ends", 0,
                           self.num_episodes)
@@ -160,6 +176,17 @@ class ShardReader:
         self.rejected_seeds = _read_rows(self.path, self.meta[REJECTED_KEY],
                                          f"meta/{REJECTED_KEY}", 0,
                                          self.num_rejected).astype(np.int64)
+        # Word ids of every episode's slots (small: E x K int32); the crops are read on demand.
+        self.prompt_word_ids: np.ndarray | None = None
+        if ps is not None:
+            ids = _read_rows(self.path, self.meta[PROMPT_WORD_ID_KEY],
+                             f"meta/{PROMPT_WORD_ID_KEY}", 0, self.num_episodes)
+            if ids.size and (ids.min() < -1 or ids.max() >= len(self.tables.prompt_words)):
+                raise StoreError(self.path / f"meta/{PROMPT_WORD_ID_KEY}",
+                                 f"word ids {sorted(set(ids.ravel().tolist()))[:20]} outside "
+                                 f"-1..{len(self.tables.prompt_words) - 1} (the prompt_words "
+                                 "table)")
+            self.prompt_word_ids = ids.astype(np.int32)
         starts = np.concatenate([[0], self.episode_ends[:-1]]).astype(np.int64)
         self.episode_starts = starts
         # Per-episode task/split/instruction: read from the episode's first step.
@@ -199,6 +226,16 @@ class ShardReader:
                 )
             image_shape = image_shape or shape
         self.image_shape = image_shape
+        if self.prompt_image_shape is not None:
+            for key, want, dtype in (
+                    (PROMPT_IMAGES_KEY, self.prompt_image_shape, np.uint8),
+                    (PROMPT_WORD_ID_KEY, self.prompt_image_shape[:1], np.int32)):
+                arr = self.meta[key]
+                if tuple(arr.shape[1:]) != want or arr.dtype != dtype:
+                    raise StoreError(
+                        self.path / f"meta/{key}",
+                        f"array has row shape {tuple(arr.shape[1:])} dtype {arr.dtype}; "
+                        f"expected {np.dtype(dtype)} {want} (info[{PROMPT_SHAPE_KEY!r}])")
         for key in self.mask_keys:
             shape = tuple(self.arrays[key].shape[1:])
             if (image_shape is not None and shape != image_shape[:2]) or \
@@ -225,6 +262,8 @@ class ShardReader:
             step = arr.chunks[0] * max(1, 64 // arr.chunks[0])  # a few chunks per read
             for a in range(0, self.num_steps, step):
                 self.read(key, a, min(a + step, self.num_steps))
+        if self.prompt_image_shape is not None:  # per-episode crops (the rest of meta/ is
+            self.prompt_images()                 # decoded when the shard is opened)
 
     def episode_task(self, i: int) -> str:
         return self.tables.tasks[int(self._first_ids["task_id"][i])]
@@ -235,11 +274,31 @@ class ShardReader:
     def episode_instruction(self, i: int) -> str:
         return self.tables.instructions[int(self._first_ids["instruction_id"][i])]
 
+    def prompt_images(self, start: int = 0, stop: int | None = None) -> np.ndarray | None:
+        """Prompt crops of episodes [start, stop), uint8 (n, K, S, S, 3); None when this shard
+        has no prompt images (zeros mark a text-only episode's unused slots)."""
+        if self.prompt_image_shape is None:
+            return None
+        stop = self.num_episodes if stop is None else stop
+        if not 0 <= start <= stop <= self.num_episodes:
+            raise IndexError(f"episodes {start}:{stop} outside 0:{self.num_episodes} of "
+                             f"{self.path}")
+        return _read_rows(self.path, self.meta[PROMPT_IMAGES_KEY], f"meta/{PROMPT_IMAGES_KEY}",
+                          start, stop)
+
+    def episode_prompt_words(self, i: int) -> tuple[str, ...]:
+        """The words episode `i`'s image slots replaced, in slot order; () if text-only."""
+        if self.prompt_word_ids is None:
+            return ()
+        return tuple(self.tables.prompt_words[int(j)] for j in self.prompt_word_ids[i]
+                     if j >= 0)
+
     def episode(self, i: int) -> Episode:
         """Episode `i` of this shard, read from disk."""
         if not 0 <= i < self.num_episodes:
             raise IndexError(f"episode {i} outside 0..{self.num_episodes - 1} of {self.path}")
         a, b = int(self.episode_starts[i]), int(self.episode_ends[i])
+        prompts = self.prompt_images(i, i + 1)
         return Episode(
             image=self.read(IMAGE, a, b),
             wrist_image=self.read(WRIST_IMAGE, a, b) if WRIST_IMAGE in self.arrays else None,
@@ -253,6 +312,8 @@ class ShardReader:
             split=self.episode_split(i),
             seed=int(self.seeds[i]),
             success=bool(self.success[i]),
+            prompt_images=None if prompts is None else prompts[0],
+            prompt_words=self.episode_prompt_words(i),
         )
 
 
@@ -313,6 +374,7 @@ class EpisodeStore:
         self.instructions = _union(sh.tables.instructions for sh in self.shards)
         self.tasks = _union(sh.tables.tasks for sh in self.shards)
         self.splits = _union(sh.tables.splits for sh in self.shards)
+        self.prompt_words = _union(sh.tables.prompt_words for sh in self.shards)
         self._maps = [
             {
                 "instruction_id": _remap(sh.tables.instructions, self.instructions),
@@ -339,6 +401,37 @@ class EpisodeStore:
     @property
     def image_keys(self) -> list[str]:
         return self.shards[0].image_keys
+
+    @property
+    def prompt_image_shape(self) -> tuple[int, ...] | None:
+        """(K, S, S, 3) when any shard has prompt images (shards must agree on it, checked
+        when opened); None for a store without visual prompts."""
+        for sh in self.shards:
+            if sh.prompt_image_shape is not None:
+                return sh.prompt_image_shape
+        return None
+
+    def prompt_images(self) -> np.ndarray | None:
+        """Every episode's prompt crops in store order, uint8 (E, K, S, S, 3), zeros for the
+        episodes of shards without prompts; None when no shard has any. ~6 KB an episode at
+        S = 32, read once (e.g. by the training loader)."""
+        shape = self.prompt_image_shape
+        if shape is None:
+            return None
+        parts = [sh.prompt_images() if sh.prompt_image_shape is not None
+                 else np.zeros((sh.num_episodes, *shape), dtype=np.uint8) for sh in self.shards]
+        return np.concatenate(parts) if parts else np.zeros((0, *shape), dtype=np.uint8)
+
+    def episode_prompt(self, i: int) -> tuple[np.ndarray | None, tuple[str, ...]]:
+        """Store-wide episode `i`'s prompt crops (K, S, S, 3) and words, without its frames:
+        (None, ()) in a store without prompts, zero crops for a text-only episode."""
+        shape = self.prompt_image_shape
+        sh, j = self._locate(i)
+        if shape is None:
+            return None, ()
+        if sh.prompt_image_shape is None:
+            return np.zeros(shape, dtype=np.uint8), ()
+        return sh.prompt_images(j, j + 1)[0], sh.episode_prompt_words(j)
 
     @property
     def mask_keys(self) -> list[str]:
@@ -368,9 +461,16 @@ class EpisodeStore:
         raise AssertionError("unreachable")
 
     def episode(self, i: int) -> Episode:
-        """Store-wide episode `i` (shards in name order), read from disk."""
+        """Store-wide episode `i` (shards in name order), read from disk.
+
+        In a store where some shards have prompt images, an episode of a shard without them
+        comes back with zero crops, as a text-only episode of a prompt shard does."""
         sh, j = self._locate(i)
-        return sh.episode(j)
+        ep = sh.episode(j)
+        shape = self.prompt_image_shape
+        if shape is not None and ep.prompt_images is None:
+            ep.prompt_images = np.zeros(shape, dtype=np.uint8)
+        return ep
 
     def episode_table(self) -> StepData:
         """Per-episode metadata only (arrays empty): cheap, for summaries and filtering."""
@@ -462,6 +562,8 @@ class EpisodeStore:
     def info(self) -> dict[str, Any]:
         """The first shard's info (env describe(), action spec, ...) with store-wide counts."""
         info = dict(self.shards[0].info)
+        if self.prompt_image_shape is not None:  # the first shard may be a text-only one
+            info[PROMPT_SHAPE_KEY] = list(self.prompt_image_shape)
         success = np.concatenate([sh.success for sh in self.shards])
         info.update(
             tasks=self.tasks,

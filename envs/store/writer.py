@@ -27,7 +27,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.sync import sync as zarr_sync
 
-from envs.spec import IMAGE
+from envs.spec import IMAGE, MAX_PROMPT_IMAGES
 from envs.store.format import (
     DEFAULT_CHUNK_FRAMES,
     DEFAULT_IMAGE_CODEC,
@@ -39,6 +39,10 @@ from envs.store.format import (
     MASK_KEYS,
     META_CHUNK_ROWS,
     META_KEYS,
+    PROMPT_CHUNK_EPISODES,
+    PROMPT_IMAGES_KEY,
+    PROMPT_SHAPE_KEY,
+    PROMPT_WORD_ID_KEY,
     REJECTED_KEY,
     STATS_KEYS,
     VECTOR_CHUNK_ROWS,
@@ -87,8 +91,12 @@ class ShardWriter:
     Opening an existing shard validates it against `info` (COMPAT_KEYS) and truncates any
     uncommitted tail a crash left behind, so appending resumes exactly after the last
     committed episode. `mask_keys`: per-frame masks to store besides the images (MASK_KEYS;
-    every appended episode must carry them). `lock_wait_s`: how long to wait for another
-    writer's lock (a killed run's workers may still be exiting) before raising StoreError.
+    every appended episode must carry them). `prompt_image_size`: S of the square visual
+    prompt crops to store per episode (meta/prompt_images, info["prompt_image_shape"]); an
+    appended episode without prompt_images is stored as a text-only one (zero crops, no
+    words). None: no prompts; an episode that has them is refused (a text-only one's zero
+    crops are dropped). `lock_wait_s`: how long to wait for another writer's lock (a killed
+    run's workers may still be exiting) before raising StoreError.
     """
 
     def __init__(
@@ -103,6 +111,7 @@ class ShardWriter:
         image_codec: dict[str, Any] | None = None,
         lock_wait_s: float = 10.0,
         mask_keys: Sequence[str] = (),
+        prompt_image_size: int | None = None,
     ) -> None:
         self.path = Path(path)
         image_shape = tuple(int(s) for s in image_shape)
@@ -124,6 +133,14 @@ class ShardWriter:
         self.info.pop("mask_keys", None)
         if mask_keys:  # absent, not empty, without masks: such shards stay as they were
             self.info["mask_keys"] = list(mask_keys)
+        self.info.pop(PROMPT_SHAPE_KEY, None)
+        self.prompt_shape: tuple[int, ...] | None = None
+        if prompt_image_size is not None:  # absent without prompts, as mask_keys
+            if int(prompt_image_size) < 1:
+                raise ValueError(f"prompt_image_size={prompt_image_size}; expected >= 1 px")
+            s = int(prompt_image_size)
+            self.prompt_shape = (MAX_PROMPT_IMAGES, s, s, 3)
+            self.info[PROMPT_SHAPE_KEY] = list(self.prompt_shape)
         self.info.setdefault("seed_ranges", default_seed_ranges())
         self.image_keys = list(image_keys)
         self.mask_keys = list(mask_keys)
@@ -167,6 +184,15 @@ class ShardWriter:
         for k, dt in [*META_KEYS.items(), (REJECTED_KEY, "int64")]:
             group.create_array(f"meta/{k}", shape=(0,), chunks=(META_CHUNK_ROWS,), dtype=dt,
                                compressors=small)
+        if self.prompt_shape is not None:
+            k = self.prompt_shape[0]
+            group.create_array(
+                f"meta/{PROMPT_IMAGES_KEY}", shape=(0, *self.prompt_shape),
+                chunks=(PROMPT_CHUNK_EPISODES, *self.prompt_shape), dtype="uint8",
+                compressors=[BloscCodec(**image_codec), crc])
+            group.create_array(f"meta/{PROMPT_WORD_ID_KEY}", shape=(0, k),
+                               chunks=(META_CHUNK_ROWS, k), dtype="int32", fill_value=-1,
+                               compressors=small)
         self._group = group
         self.tables = ShardTables()
         self.num_episodes = self.num_steps = self.num_rejected = 0
@@ -187,6 +213,12 @@ class ShardWriter:
                              f"cannot append: existing shard has masks {reader.mask_keys}, this "
                              f"writer {self.mask_keys} (collect.background_mask must match the "
                              "run that started the store)")
+        if reader.prompt_image_shape != self.prompt_shape:
+            raise StoreError(self.path / "zarr.json",
+                             f"cannot append: existing shard has prompt images of shape "
+                             f"{reader.prompt_image_shape}, this writer {self.prompt_shape} "
+                             "(collect.visual_prompts and the crop size must match the run "
+                             "that started the store)")
         # Keep what the shard recorded first (describe(), creation settings); a later run
         # may add tasks, whose describe() joins env_by_task.
         by_task = {**self.info.get("env_by_task", {}), **reader.info.get("env_by_task", {})}
@@ -215,6 +247,8 @@ class ShardWriter:
         names = [f"data/{k}" for k in (*self.image_keys, *self.mask_keys, *VECTOR_KEYS,
                                         *ID_KEYS)]
         names += [f"meta/{k}" for k in (*META_KEYS, REJECTED_KEY)]
+        if self.prompt_shape is not None:
+            names += [f"meta/{PROMPT_IMAGES_KEY}", f"meta/{PROMPT_WORD_ID_KEY}"]
         # Write chunks even when they equal the fill value (all-zero ids, black frames): the
         # reader treats a missing chunk inside the committed range as damage.
         self._arrays: dict[str, zarr.Array] = {
@@ -276,6 +310,7 @@ class ShardWriter:
             if getattr(episode, k).shape[1] != want:
                 raise ValueError(f"episode {k} has {getattr(episode, k).shape[1]} dims; shard "
                                  f"stores {want}")
+        prompt = self._prompt_rows(episode)
         if episode.seed in self.seeds:
             raise ValueError(f"seed {episode.seed} is already stored in {self.path}")
         n, start = len(episode), self.num_steps
@@ -296,12 +331,41 @@ class ShardWriter:
             "meta/seed": (np.array([episode.seed], dtype=np.int64), e),
             "meta/success": (np.array([episode.success], dtype=bool), e),
         }
+        if prompt is not None:
+            images, words = prompt
+            writes[f"meta/{PROMPT_IMAGES_KEY}"] = (images[None], e)
+            word_ids = np.full((1, self.prompt_shape[0]), -1, dtype=np.int32)
+            for slot, word in enumerate(words):
+                word_ids[0, slot] = self._id(self.tables.prompt_words, word)
+            writes[f"meta/{PROMPT_WORD_ID_KEY}"] = (word_ids, e)
         self._write_rows(writes)
         self.num_episodes += 1
         self.num_steps += n
         self.seeds.add(int(episode.seed))
         self._commit()
         return e
+
+    def _prompt_rows(self, episode: Episode) -> tuple[np.ndarray, tuple[str, ...]] | None:
+        """The episode's prompt crops and words as this shard stores them (None: no prompts).
+
+        Checked before anything is written, so a refused episode leaves the shard unchanged.
+        """
+        if self.prompt_shape is None:
+            # A text-only episode's zero crops lose nothing when dropped; real ones would.
+            if episode.prompt_images is not None and (episode.prompt_words
+                                                      or episode.prompt_images.any()):
+                raise ValueError(
+                    f"episode (seed {episode.seed}) has prompt_images of shape "
+                    f"{episode.prompt_images.shape}; this shard stores no prompt images "
+                    "(open the writer with prompt_image_size, collect.visual_prompts > 0)")
+            return None
+        if episode.prompt_images is None:  # text-only: zero crops, no words
+            return np.zeros(self.prompt_shape, dtype=np.uint8), ()
+        if tuple(episode.prompt_images.shape) != self.prompt_shape:
+            raise ValueError(
+                f"episode (seed {episode.seed}) prompt_images have shape "
+                f"{episode.prompt_images.shape}; shard stores {self.prompt_shape}")
+        return episode.prompt_images, episode.prompt_words
 
     def reject(self, seed: int) -> None:
         """Record a seed that was tried and not kept, so a resumed run does not retry it."""
@@ -325,6 +389,7 @@ class ShardWriter:
             "instructions": self.tables.instructions,
             "tasks": self.tables.tasks,
             "splits": self.tables.splits,
+            **({"prompt_words": self.tables.prompt_words} if self.prompt_shape else {}),
             "commit": {"episodes": self.num_episodes, "steps": self.num_steps,
                        "rejected": self.num_rejected},
         }
