@@ -46,6 +46,7 @@ from envs.spec import (
     EVAL_SEED_START,
     IMAGE,
     INSTRUCTION,
+    PROMPT_IMAGES,
     STATE,
     WRIST_IMAGE,
     config_defaults,
@@ -71,6 +72,12 @@ class CollectConfig:
     tasks: tuple[str, ...] = ("pick",)
     split: str = "seen"
     split_overrides: dict | None = None  # SplitConfig fields to change (envs/splits.py)
+    # Visual prompts: this share of the episodes names its target by an image crop instead
+    # of words ("pick up the {image}"; envs/prompts.py). It becomes the split override
+    # `visual_prompts` of the envs collected from (beside split_overrides), and the store
+    # then records every episode's crops and the words they replaced (meta/prompt_images,
+    # text-only episodes with zero crops). 0: text only, the store exactly as before.
+    visual_prompts: float = 0.0
     episodes: int = 200  # episodes the store should hold when done (kept ones)
     workers: int = 1  # processes on this machine
     shard_index: int = 0  # this process's part of a multirun fan-out ...
@@ -115,13 +122,18 @@ class CollectConfig:
             raise ValueError(f"grasp_faults={self.grasp_faults}; expected a share in [0, 1]")
         for kind in self.grasp_fault_kinds:
             GraspFault(kind, self.grasp_fault_steps)  # names a bad kind or step count
-        if self.split_overrides:
+        if not 0.0 <= self.visual_prompts <= 1.0:
+            raise ValueError(f"visual_prompts={self.visual_prompts}; expected a share in [0, 1]")
+        self.split_overrides = dict(self.split_overrides) if self.split_overrides else None
+        given = (self.split_overrides or {}).get("visual_prompts")
+        if self.visual_prompts > 0 and given is not None and given != self.visual_prompts:
+            raise ValueError(
+                f"visual_prompts={self.visual_prompts} but split_overrides sets visual_prompts="
+                f"{given}; set it in one place")
+        if self.env_split_overrides:
             from envs.splits import resolve_split
 
-            self.split_overrides = dict(self.split_overrides)
-            resolve_split(self.split, self.split_overrides)  # names a bad field or value now
-        else:
-            self.split_overrides = None
+            resolve_split(self.split, self.env_split_overrides)  # names a bad field or value
         if not self.tasks:
             raise ValueError("tasks is empty; expected at least one task name")
         if len(set(self.tasks)) != len(self.tasks):
@@ -154,6 +166,13 @@ class CollectConfig:
         if "terminate" in self.noise_dims:
             raise ValueError("noise on 'terminate' would end episodes at random; drop it "
                              "from noise_dims")
+
+    @property
+    def env_split_overrides(self) -> dict | None:
+        """split_overrides with `visual_prompts` merged in: what the envs are built with."""
+        if self.visual_prompts <= 0:
+            return self.split_overrides
+        return {**(self.split_overrides or {}), "visual_prompts": self.visual_prompts}
 
     @property
     def total_workers(self) -> int:
@@ -237,6 +256,7 @@ def rollout(env: Any, seed: int, task: str, split: str, noise_std: float,
     rng = dart_rng(seed)
     obs, info = env.reset(seed=seed)
     instruction = obs[INSTRUCTION]
+    prompt = prompt_fields(env, obs)
     frames: dict[str, list[np.ndarray]] = {IMAGE: [], WRIST_IMAGE: [], BACKGROUND_MASK: []}
     states, labels, executed = [], [], []
     success = False
@@ -273,6 +293,7 @@ def rollout(env: Any, seed: int, task: str, split: str, noise_std: float,
         split=split,
         seed=seed,
         success=success,
+        **prompt,
     )
     return Rollout(episode, success, len(labels), time.perf_counter() - t0)
 
@@ -284,6 +305,7 @@ def replay(env: Any, episode: Episode) -> Episode:
     deterministic env reproduces the stored frames and states exactly.
     """
     obs, _ = env.reset(seed=episode.seed)
+    prompt = prompt_fields(env, obs)
     frames, wrist, masks, states, labels = [], [], [], [], []
     for t, act in enumerate(episode.executed_action):
         frames.append(obs[IMAGE])
@@ -303,8 +325,17 @@ def replay(env: Any, episode: Episode) -> Episode:
         state=np.stack(states), action=np.stack(labels),
         executed_action=episode.executed_action, instruction=obs[INSTRUCTION],
         task=episode.task, split=episode.split, seed=episode.seed,
-        success=bool(info["is_success"]),
+        success=bool(info["is_success"]), **prompt,
     )
+
+
+def prompt_fields(env: Any, obs: dict[str, Any]) -> dict[str, Any]:
+    """The Episode's prompt_images and prompt_words from an observation of the episode (the
+    crops are constant over it) and the env; none when the env shows no visual prompts."""
+    if PROMPT_IMAGES not in obs:
+        return {}
+    return {"prompt_images": np.asarray(obs[PROMPT_IMAGES], dtype=np.uint8),
+            "prompt_words": tuple(env.unwrapped.prompt_words)}
 
 
 # ----------------------------------------------------------------------------- workers
@@ -318,7 +349,8 @@ def env_factory(cfg: CollectConfig) -> Callable[[str], Any]:
         return envs.make_env(task=task, split=cfg.split, image_size=cfg.image_size,
                              wrist_camera=cfg.wrist_camera,
                              background_mask=cfg.background_mask, render_mode="rgb_array",
-                             max_steps=cfg.max_steps, split_overrides=cfg.split_overrides,
+                             max_steps=cfg.max_steps,
+                             split_overrides=cfg.env_split_overrides,
                              physics=cfg.physics)
 
     return make
@@ -381,6 +413,12 @@ class Progress:
     steps: int
 
 
+def prompt_image_size(env: Any) -> int | None:
+    """S of the env's visual prompt crops (its observation space), None without them."""
+    spaces = getattr(env.observation_space, "spaces", {})
+    return int(spaces[PROMPT_IMAGES].shape[1]) if PROMPT_IMAGES in spaces else None
+
+
 def run_worker(cfg: CollectConfig, global_worker: int, quota: int, skip: set[int],
                report: Callable[[Progress], None] | None = None) -> WorkerResult:
     """Collect until `quota` episodes are kept in shard `global_worker` (or give up)."""
@@ -400,6 +438,7 @@ def run_worker(cfg: CollectConfig, global_worker: int, quota: int, skip: set[int
             image_shape=first["image_shape"], image_keys=image_keys,
             chunk_frames=cfg.chunk_frames,
             mask_keys=[BACKGROUND_MASK] if cfg.background_mask else [],
+            prompt_image_size=prompt_image_size(next(iter(envs_by_task.values()))),
         )
         limit = int(cfg.max_attempts_factor * quota) + 10
         for seed, task in worker_schedule(cfg, global_worker):
