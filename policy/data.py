@@ -13,6 +13,21 @@ A store collected with masks (envs.store MASK_KEYS, e.g. collect.background_mask
 to every item, uint8 (T, H, W) 0/1 under their key (envs.spec.BACKGROUND_MASK); in RAM they
 are held bit-packed (1/8 of a byte per pixel) and unpacked per batch. Stores without
 masks give the same items as before.
+
+A store collected with visual prompts (collect.visual_prompts, envs.store's
+prompt_image_shape) adds its episode's prompt crops to every item, uint8 (K, S, S, 3) under
+envs.spec.PROMPT_IMAGES (zeros for a text-only episode), collated to (B, K, S, S, 3). They
+are held in RAM in either mode (about 6 KB an episode at S = 32). The instruction stays the
+string with its "{image}" markers, which the text encoder embeds like any other sentence.
+The training-time mirror (policy/augment.py mirror_batch) flips the scene and leaves the
+crops as they are. A crop says which object to act on, not where it is (the studio renders
+it from a random view of its own), and the mirrored scene holds the mirror image of that
+object: for every mirror-symmetric object (cubes, prisms, the mug, the duck, the
+containers) that is the same object, so the unflipped crop still names it exactly; only a
+chiral shape (the two random-blob rocks) would call for a flipped crop, which is a crop of
+the mirrored object. Colour and coarse shape, what the policy has to match across views,
+are the same either way, so unflipped is kept. Stores without prompts give the same items
+as before.
 """
 
 from __future__ import annotations
@@ -24,7 +39,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from envs.spec import ACTION, BACKGROUND_MASK, IMAGE, INSTRUCTION, STATE, WRIST_IMAGE, ActionSpec
+from envs.spec import (
+    ACTION,
+    BACKGROUND_MASK,
+    IMAGE,
+    INSTRUCTION,
+    PROMPT_IMAGES,
+    STATE,
+    WRIST_IMAGE,
+    ActionSpec,
+)
 from envs.store import EpisodeStore, stats_for
 
 
@@ -89,6 +113,14 @@ class EpisodeDataset(Dataset):
         sel_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         self._ep_start = np.repeat(sel_starts, lengths).astype(np.int64)
         self.episode_ends = np.cumsum(lengths).astype(np.int64)
+        # Visual prompts: one (K, S, S, 3) block per selected episode, indexed per window by
+        # the episode of its last step; None (no key in the items) for a store without them.
+        # Read after load(), so that a shard it dropped (skip_bad_shards) is left out here too.
+        prompts = self.store.prompt_images()
+        self.prompt_image_shape: tuple[int, ...] | None = (
+            None if prompts is None else tuple(prompts.shape[1:]))
+        self._prompt_images = None if prompts is None else prompts[keep]
+        self._episode_of = np.repeat(np.arange(len(lengths)), lengths).astype(np.int64)
         self._offsets = np.arange(1 - history, 1, dtype=np.int64)  # window steps relative to i
         self.num_episodes = int(keep.sum())
 
@@ -172,6 +204,9 @@ class EpisodeDataset(Dataset):
         arrays[STATE] = torch.from_numpy(self._arrays[STATE][idx])  # (B, T, S)
         arrays[ACTION] = torch.from_numpy(self._arrays[ACTION][idx])  # (B, T, A)
         arrays["pad"] = torch.from_numpy(pad)  # (B, T)
+        if self._prompt_images is not None:  # (B, K, S, S, 3), the episode's crops
+            arrays[PROMPT_IMAGES] = torch.from_numpy(
+                self._prompt_images[self._episode_of[idx[:, -1]]])
         texts = [self.instructions[int(j)] for j in self._instruction_id[idx[:, -1]]]
         return [
             {**{k: v[b] for k, v in arrays.items()}, INSTRUCTION: texts[b]}
