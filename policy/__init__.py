@@ -12,7 +12,9 @@ from typing import Any
 
 _EXPORTS = {
     "Policy": "policy.base",
+    "PolicyConfig": "policy.base",
     "make_policy": "policy.base",
+    "register_policy": "policy.registry",
     "RT1Config": "policy.rt1",
     "RT1Policy": "policy.rt1",
     "GatoConfig": "policy.gato",

@@ -7,9 +7,10 @@ LeRobot-like (docs/CONTRACTS.md): ``forward(batch) -> (loss, metrics)``,
 ``action_spec.json``, ``stats.json`` and ``env.json`` (the env's ``describe()`` or the store's
 info); loading reads only those files and fails loudly, naming the mismatch or missing file.
 
-Model families register themselves by subclassing :class:`Policy` with a ``kind`` and a
-``config_class``; :func:`make_policy` dispatches on the config's type, ``from_pretrained`` on
-the saved kind.
+Every family's config subclasses :class:`PolicyConfig` (the fields all families share) and
+its Policy subclass registers itself with ``@register_policy(kind, config_class)``
+(policy/registry.py); :func:`make_policy` dispatches on the config's type, ``from_pretrained``
+on the saved kind. This module imports no family: the registry imports them when first read.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from envs.spec import (
     config_defaults,
 )
 from policy.augment import check_mirror_camera, check_mirror_wrist, mirror_batch
+from policy.registry import policies
+from policy.transformer import TransformerConfig
 
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "action_spec.json", "stats.json",
                     "env.json")
@@ -46,8 +49,6 @@ FORMAT_VERSION = 1
 # Camera fields that a split varies on purpose (per-episode jitter): evaluating a policy on a
 # split with more jitter is a zero-shot test, not a mismatch.
 CAMERA_RANDOMIZATION_KEYS = frozenset({"jitter_m"})
-
-_REGISTRY: dict[str, type[Policy]] = {}
 
 
 # ----------------------------------------------------------------------------- env info
@@ -168,25 +169,71 @@ def binned_action_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch
     return -(soft * logits.log_softmax(-1)).sum(-1).mean()
 
 
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class PolicyConfig:
+    """The settings every policy family has; every field is saved in config.json.
+
+    A family's config (RT1Config, GatoConfig) subclasses this and adds its own fields; where
+    its default differs, it declares the field again with its own default (`resize_to`,
+    `n_layer`, `action_bins` and `label_sigma_bins` differ between RT-1 and Gato). A subclass's
+    ``__post_init__`` calls this one before its own checks.
+    """
+
+    history: int = 2  # frames (control steps) in context, the newest included
+    resize_to: int | None = None  # model resolution in px; None: the camera's own
+    augment_shift: int = 4  # random-shift pixels at model resolution during training; 0 = off
+    augment_mirror: float = 0.5  # share of training samples mirrored left-right (augment.py)
+    use_state: bool = True  # one end-effector-state token per frame
+    d_model: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    dropout: float = 0.1
+    action_bins: int = 256  # bins per action dimension
+    label_sigma_bins: float = 0.0  # Gaussian target width in bins; 0 = one-hot
+    text_encoder: str | None = None  # None: the offline all-MiniLM-L6-v2 package
+    text_dim: int = 384  # width of the sentence embedding (all-MiniLM-L6-v2: 384)
+    # local file with image-encoder weights, read when the policy is first built (not by
+    # from_pretrained: the checkpoint holds the weights); a family may accept names too
+    # (RT1Config: "imagenet")
+    pretrained_backbone: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.history < 1:
+            raise ValueError(f"history={self.history}; expected >= 1 frame")
+        if self.augment_shift < 0:
+            raise ValueError(f"augment_shift={self.augment_shift}; expected >= 0")
+        check_training_targets(self.label_sigma_bins, self.augment_mirror)
+        if self.action_bins < 2:
+            raise ValueError(f"action_bins={self.action_bins}; expected >= 2")
+        if self.text_dim < 1:
+            raise ValueError(f"text_dim={self.text_dim}; expected >= 1")
+        self.transformer  # noqa: B018 - validates d_model / n_head / dropout
+
+    @property
+    def transformer(self) -> TransformerConfig:
+        return TransformerConfig(d_model=self.d_model, n_layer=self.n_layer, n_head=self.n_head,
+                                 dropout=self.dropout)
+
+
 # ----------------------------------------------------------------------------- policy
 
 
 class Policy(nn.Module):
     """Base class: the narrow API every policy family implements (see module docstring).
 
-    Subclasses set ``kind`` and ``config_class`` and implement ``forward``, ``_reset`` and
-    ``_act``; this class handles instructions, eval/inference mode, checkpoints and checks.
+    Subclasses are registered with ``@register_policy(kind, config_class)``
+    (policy/registry.py), which sets ``kind`` and ``config_class``; they implement
+    ``logits_and_targets``, ``_reset`` and ``_act``. This class handles the training loss,
+    instructions, eval/inference mode, checkpoints and checks.
     """
 
     kind: ClassVar[str] = ""
-    config_class: ClassVar[type] = object
+    config_class: ClassVar[type[PolicyConfig]] = PolicyConfig
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.kind:
-            _REGISTRY[cls.kind] = cls
-
-    def __init__(self, config: Any, action_spec: ActionSpec,
+    def __init__(self, config: PolicyConfig, action_spec: ActionSpec,
                  env_info: Mapping[str, Any] | None, stats: Mapping[str, Any] | None) -> None:
         super().__init__()
         if not isinstance(config, self.config_class):
@@ -211,7 +258,7 @@ class Policy(nn.Module):
         if self.reads_wrist:
             self.wrist_shape = _wrist_shape(summary.wrist_camera)
         self.instruction: str | None = None
-        self.mirror_prob = float(getattr(config, "augment_mirror", 0.0) or 0.0)
+        self.mirror_prob = float(config.augment_mirror)
         if self.mirror_prob > 0:
             cam = summary.camera
             if not isinstance(cam, Mapping) or "eye" not in cam or "target" not in cam:
@@ -232,7 +279,8 @@ class Policy(nn.Module):
         one; a family that can overrides this from its config."""
         return False
 
-    def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    def logits_and_targets(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
+        """A contract batch -> logits (B, T, A, K), target bins (B, T, A), valid (B, T)."""
         raise NotImplementedError
 
     def _reset(self, instruction: str) -> None:
@@ -251,6 +299,38 @@ class Policy(nn.Module):
             shapes[WRIST_IMAGE] = (tuple(self.wrist_shape), "uint8")
         shapes[STATE] = ((len(STATE_NAMES),), "float32")
         return shapes
+
+    # -- training -------------------------------------------------------------------------
+
+    def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """A contract batch -> (loss, metrics): the cross-entropy of the action bins
+        (:func:`binned_action_loss` with ``config.label_sigma_bins``) and the token accuracies
+        (:func:`token_metrics`). A family with an auxiliary training head (``aux_logits``
+        from ``_outputs_and_targets``) adds its loss, on the same targets, times
+        ``aux_loss_weight``; the metrics then also hold ``token_loss`` and ``aux_loss``."""
+        logits, aux, targets, valid = self._outputs_and_targets(batch)
+        sigma = self.config.label_sigma_bins
+        loss = binned_action_loss(logits, targets, valid, sigma)
+        metrics = {"loss": loss.item(),
+                   **token_metrics(logits, targets, valid, self.action_spec.names)}
+        if aux is not None:
+            aux_loss = binned_action_loss(aux, targets, valid, sigma)
+            metrics["token_loss"], metrics["aux_loss"] = metrics["loss"], aux_loss.item()
+            loss = loss + self.aux_loss_weight * aux_loss
+            metrics["loss"] = loss.item()
+        return loss, metrics
+
+    def _outputs_and_targets(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor | None, ...]:
+        """``logits_and_targets`` with an auxiliary head's logits (B, T, A, K), or None,
+        second: (logits, aux_logits, targets, valid). A family with such a head overrides
+        this and ``aux_loss_weight``."""
+        logits, targets, valid = self.logits_and_targets(batch)
+        return logits, None, targets, valid
+
+    @property
+    def aux_loss_weight(self) -> float:
+        """Weight of the auxiliary head's loss in ``forward`` (no head here: 0)."""
+        return 0.0
 
     # -- acting ---------------------------------------------------------------------------
 
@@ -398,11 +478,11 @@ class Policy(nn.Module):
                                         f"all of {list(CHECKPOINT_FILES)}")
         saved = json.loads((directory / "config.json").read_text())
         kind = saved.get("kind")
-        _load_families()
-        if kind not in _REGISTRY:
+        known = policies()
+        if kind not in known:
             raise ValueError(f"config.json names policy kind {kind!r}; expected one of "
-                             f"{sorted(_REGISTRY)}")
-        klass = _REGISTRY[kind]
+                             f"{sorted(known)}")
+        klass = known[kind]
         if cls is not Policy and not issubclass(klass, cls):
             raise ValueError(f"checkpoint holds a {kind!r} policy, not a {cls.kind!r} one")
         config = _config_from_dict(klass.config_class, saved.get("config", {}))
@@ -411,8 +491,8 @@ class Policy(nn.Module):
         env = json.loads((directory / "env.json").read_text())
         # the weights come from model.safetensors: do not look for a pretrained backbone file
         # that may only exist on the machine that trained the policy
-        build = (replace(config, pretrained_backbone=None)
-                 if getattr(config, "pretrained_backbone", None) else config)
+        build = (replace(config, pretrained_backbone=None) if config.pretrained_backbone
+                 else config)
         policy = klass(build, spec, env, stats)
         policy.config = config
         state = load_file(str(directory / "model.safetensors"))
@@ -473,7 +553,8 @@ def _wrist_shape(wrist_camera: Any) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
-def _config_from_dict(config_class: type, data: Mapping[str, Any]) -> Any:
+def _config_from_dict(config_class: type[PolicyConfig], data: Mapping[str, Any]
+                      ) -> PolicyConfig:
     names = {f.name for f in fields(config_class)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -496,12 +577,6 @@ def _check_state(policy: Policy, state: Mapping[str, torch.Tensor], directory: P
                              f"{policy.image_shape}) builds {tuple(own[key].shape)}")
 
 
-def _load_families() -> None:
-    """Import the model families so that they register their kinds."""
-    import policy.gato  # noqa: F401
-    import policy.rt1  # noqa: F401
-
-
 def register_policy_configs() -> None:
     """Store every policy family's config defaults as the hydra node `policy/<kind>_base`.
 
@@ -513,40 +588,41 @@ def register_policy_configs() -> None:
     """
     from hydra.core.config_store import ConfigStore
 
-    _load_families()
-    for kind, klass in _REGISTRY.items():
+    for kind, klass in policies().items():
         ConfigStore.instance().store(group="policy", name=f"{kind}_base",
                                      node=config_defaults(klass.config_class))
 
 
-def load_policy_yaml(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Any:
+def load_policy_yaml(path: str | Path, overrides: Mapping[str, Any] | None = None
+                     ) -> PolicyConfig:
     """A conf/policy/*.yaml file -> its config dataclass, outside a hydra app: the family's
     defaults (the ``<kind>_base`` entries of its ``defaults`` list), then the file, then
     `overrides` (field -> value)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    _load_families()
+    known = policies()
     cfg = OmegaConf.load(str(path))
     merged = OmegaConf.create({})
     for entry in cfg.pop("defaults", []) or []:
         if entry == "_self_":
             continue
         kind = str(entry).removesuffix("_base")
-        if kind not in _REGISTRY:
+        if kind not in known:
             raise ValueError(f"{path}: defaults entry {entry!r}; expected one of "
-                             f"{[f'{k}_base' for k in sorted(_REGISTRY)]} or _self_")
-        merged = OmegaConf.merge(merged, config_defaults(_REGISTRY[kind].config_class))
+                             f"{[f'{k}_base' for k in sorted(known)]} or _self_")
+        merged = OmegaConf.merge(merged, config_defaults(known[kind].config_class))
     merged = OmegaConf.merge(merged, cfg, dict(overrides or {}))
     return instantiate(merged, _convert_="all")
 
 
-def make_policy(config: Any, action_spec: ActionSpec, env_info: Mapping[str, Any] | None,
-                stats: Mapping[str, Any] | None = None) -> Policy:
+def make_policy(config: PolicyConfig, action_spec: ActionSpec,
+                env_info: Mapping[str, Any] | None, stats: Mapping[str, Any] | None = None
+                ) -> Policy:
     """Build the policy family that ``config``'s dataclass belongs to."""
-    _load_families()
-    for klass in _REGISTRY.values():
+    known = policies()
+    for klass in known.values():
         if isinstance(config, klass.config_class):
             return klass(config, action_spec, env_info, stats)
     raise TypeError(f"no policy family takes a {type(config).__name__}; expected one of "
-                    f"{[k.config_class.__name__ for k in _REGISTRY.values()]}")
+                    f"{[k.config_class.__name__ for k in known.values()]}")

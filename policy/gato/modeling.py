@@ -64,9 +64,7 @@ recomputation over the whole episode under the same mask (tested).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -74,139 +72,22 @@ from einops import rearrange, repeat
 from torch import nn
 
 from envs.spec import INSTRUCTION, STATE_NAMES, ActionSpec
-from policy.base import Policy, binned_action_loss, check_training_targets, token_metrics
+from policy.base import Policy
+from policy.gato.configuration import GatoConfig
+from policy.registry import register_policy
 from policy.text import get_subword_tokenizer, get_text_encoder
 from policy.tokenizers.actions import MuLawActionTokenizer
 from policy.tokenizers.images import (
     PatchTokenizer,
     RT1ImageTokenizer,
-    check_conv_stem,
     load_backbone,
     preprocess_images,
     random_shift,
 )
 from policy.tokenizers.state import StateTokenizer
-from policy.transformer import KVCache, Transformer, TransformerConfig
+from policy.transformer import KVCache, Transformer
 
 TEXT_STEP = -1  # step id of prefix text tokens: always visible, never evicted
-IMAGE_TOKENIZERS = ("patches", "rt1_tokens")
-TEXT_POSITIONS = ("prefix", "per_step")
-READOUTS = ("per_token", "frame_mean")
-
-
-@dataclass
-class GatoConfig:
-    """Gato model and tokenizer settings; every field is saved in config.json."""
-
-    history: int = 2  # control steps a token can see (its own included)
-    resize_to: int | None = None  # None: native resolution (96 px -> 6x6 = 36 patches)
-    augment_shift: int = 4  # random-shift pixels during training; 0 = off
-    augment_mirror: float = 0.5  # share of training samples mirrored left-right (augment.py)
-    patch_size: int = 16  # Gato: 16x16 patches
-    patch_channels: int = 32  # width of the per-patch ResNet block
-    use_state: bool = True  # one end-effector-state token per step, before the separator
-    text_mode: str = "sentence"  # "sentence": 1 token from the frozen encoder; "subword": ids
-    patch_film: bool = False  # not Gato: FiLM the patch encoder on the sentence (as RT-1)
-    max_text_tokens: int = 16  # subword mode: instruction truncated to this many ids
-    d_model: int = 128
-    n_layer: int = 4
-    n_head: int = 4
-    dropout: float = 0.1
-    action_bins: int = 1024  # Gato: 1024 bins after mu-law
-    label_sigma_bins: float = 0.0  # Gaussian target width in (mu-law) bins; 0 = one-hot
-    mu: float = 100.0  # mu-law mu (Gato: 100)
-    mu_m: float = 256.0  # mu-law M (Gato: 256)
-    text_encoder: str | None = None  # None: the offline all-MiniLM-L6-v2 package
-    text_dim: int = 384  # sentence-mode embedding width
-    pretrained_backbone: str | None = None  # local file with patch-encoder weights
-    # "patches": Gato's; "rt1_tokens" (not Gato): RT-1's FiLM conv stem + TokenLearner tokens
-    image_tokenizer: str = "patches"
-    image_tokens: int = 8  # rt1_tokens: TokenLearner tokens per frame (RT-1: 8)
-    conv_channels: tuple[int, ...] = (16, 32, 64, 128)  # rt1_tokens: RT-1's stem, then stages
-    conv_strides: tuple[int, ...] = (2, 2, 1)  # rt1_tokens: stride of each stage after the stem
-    conv_blocks: int = 1  # rt1_tokens: blocks per stage
-    conv_expand: int = 2  # rt1_tokens: MBConv expansion ratio
-    conv_fused_stages: int = 3  # rt1_tokens: leading Fused-MBConv stages
-    text_position: str = "prefix"  # "prefix": once before step 1 | "per_step": in every step
-    # "per_token": Gato's autoregressive action tokens | "frame_mean" (a diagnostic, not Gato):
-    # all action dims in parallel from one head over the mean of the step's tokens, as RT-1
-    readout: str = "per_token"
-    text_in_sequence: bool = True  # False: no text token (rt1_tokens / patch_film FiLM only)
-    # > 0: weight of an auxiliary training loss from a frame-mean head over each step's
-    # observation tokens (not the action tokens); acting stays per-token. 0 = off
-    aux_frame_mean: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.conv_channels = tuple(int(c) for c in self.conv_channels)
-        self.conv_strides = tuple(int(s) for s in self.conv_strides)
-        if self.history < 1:
-            raise ValueError(f"history={self.history}; expected >= 1 step")
-        if self.image_tokenizer not in IMAGE_TOKENIZERS:
-            raise ValueError(f"image_tokenizer={self.image_tokenizer!r}; expected one of "
-                             f"{IMAGE_TOKENIZERS}")
-        if self.text_position not in TEXT_POSITIONS:
-            raise ValueError(f"text_position={self.text_position!r}; expected one of "
-                             f"{TEXT_POSITIONS}")
-        if self.readout not in READOUTS:
-            raise ValueError(f"readout={self.readout!r}; expected one of {READOUTS}")
-        if not math.isfinite(self.aux_frame_mean) or self.aux_frame_mean < 0:
-            raise ValueError(f"aux_frame_mean={self.aux_frame_mean}; expected a finite weight "
-                             ">= 0 (0: off)")
-        if self.aux_frame_mean > 0 and self.readout != "per_token":
-            raise ValueError(f"aux_frame_mean={self.aux_frame_mean} needs readout='per_token' "
-                             f"(got {self.readout!r}): frame_mean already reads the frame mean")
-        if self.image_tokenizer == "rt1_tokens":
-            self._check_rt1_tokens()
-        if not self.text_in_sequence:
-            self._check_text_outside_sequence()
-        if self.text_position == "per_step" and self.text_mode != "sentence":
-            raise ValueError(f"text_position='per_step' needs text_mode='sentence' (got "
-                             f"{self.text_mode!r}): the repeated text is one token")
-        if self.resize_to is not None and self.resize_to % self.patch_size:
-            raise ValueError(f"resize_to={self.resize_to} must be a multiple of patch_size="
-                             f"{self.patch_size}")
-        if self.patch_size < 2 or self.patch_size % 2:
-            raise ValueError(f"patch_size={self.patch_size}; expected an even size >= 2")
-        check_training_targets(self.label_sigma_bins, self.augment_mirror)
-        if self.augment_shift < 0 or self.patch_channels < 1:
-            raise ValueError(f"augment_shift={self.augment_shift}, patch_channels="
-                             f"{self.patch_channels}; expected >= 0 and >= 1")
-        if self.text_mode not in ("sentence", "subword"):
-            raise ValueError(f"text_mode={self.text_mode!r}; expected 'sentence' or 'subword'")
-        if self.patch_film and self.text_mode != "sentence":
-            raise ValueError(f"patch_film=True needs text_mode='sentence' (got "
-                             f"{self.text_mode!r}): FiLM is conditioned on the sentence embedding")
-        if self.max_text_tokens < 2:
-            raise ValueError(f"max_text_tokens={self.max_text_tokens}; expected >= 2")
-        if self.action_bins < 2 or self.mu <= 0 or self.mu_m <= 0:
-            raise ValueError(f"action_bins={self.action_bins}, mu={self.mu}, mu_m={self.mu_m};"
-                             " expected bins >= 2 and positive mu, M")
-        if self.text_dim < 1:
-            raise ValueError(f"text_dim={self.text_dim}; expected >= 1")
-        self.transformer  # noqa: B018 - validates d_model / n_head / dropout
-
-    def _check_rt1_tokens(self) -> None:
-        if self.text_mode != "sentence" or self.patch_film:
-            raise ValueError(f"image_tokenizer='rt1_tokens' needs text_mode='sentence' and "
-                             f"patch_film=False (got {self.text_mode!r}, {self.patch_film}): its "
-                             "convs are FiLM-conditioned on the sentence embedding")
-        check_conv_stem(self.conv_channels, self.conv_strides, self.conv_blocks,
-                        self.conv_expand, self.conv_fused_stages, self.image_tokens)
-
-    def _check_text_outside_sequence(self) -> None:
-        if self.image_tokenizer != "rt1_tokens" and not self.patch_film:
-            raise ValueError("text_in_sequence=False needs the sentence in the image stem "
-                             "(image_tokenizer='rt1_tokens' or patch_film=True); with "
-                             f"image_tokenizer={self.image_tokenizer!r} and patch_film=False "
-                             "the policy would never see its instruction")
-        if self.text_position != "prefix":
-            raise ValueError(f"text_in_sequence=False leaves no text token to place; "
-                             f"text_position={self.text_position!r} needs text_in_sequence=True")
-
-    @property
-    def transformer(self) -> TransformerConfig:
-        return TransformerConfig(d_model=self.d_model, n_layer=self.n_layer, n_head=self.n_head,
-                                 dropout=self.dropout)
 
 
 def window_mask(q_step: torch.Tensor, q_pos: torch.Tensor, k_step: torch.Tensor,
@@ -224,9 +105,9 @@ def window_mask(q_step: torch.Tensor, q_pos: torch.Tensor, k_step: torch.Tensor,
     return rearrange(allowed, "b q k -> b 1 q k")
 
 
+@register_policy("gato", GatoConfig)
 class GatoPolicy(Policy):
-    kind = "gato"
-    config_class = GatoConfig
+    config: GatoConfig
 
     def __init__(self, config: GatoConfig, action_spec: ActionSpec,
                  env_info: Mapping[str, Any] | None, stats: Mapping[str, Any] | None = None
@@ -368,8 +249,9 @@ class GatoPolicy(Policy):
         logits, _, targets, valid = self._outputs_and_targets(batch)
         return logits, targets, valid
 
-    def _outputs_and_targets(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
-        """logits_and_targets with aux_frame_mean's logits (or None) second."""
+    def _outputs_and_targets(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor | None, ...]:
+        """logits_and_targets with aux_frame_mean's logits (or None) second; Policy.forward
+        adds their loss times ``aux_loss_weight``."""
         batch = self.augment(batch)
         image, state, action, valid = self._unpack(batch)
         targets = self.action_tokenizer.encode(action)  # (B, T, A)
@@ -411,18 +293,9 @@ class GatoPolicy(Policy):
         # outputs at the separator and a_0..a_{A-2} predict a_0..a_{A-1}
         return self.head(h[:, :, self.obs_len:self.obs_len + self.n_actions]), aux
 
-    def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        logits, aux, targets, valid = self._outputs_and_targets(batch)
-        sigma = self.config.label_sigma_bins
-        loss = binned_action_loss(logits, targets, valid, sigma)
-        metrics = {"loss": loss.item(),
-                   **token_metrics(logits, targets, valid, self.action_spec.names)}
-        if aux is not None:
-            aux_loss = binned_action_loss(aux, targets, valid, sigma)
-            metrics["token_loss"], metrics["aux_loss"] = metrics["loss"], aux_loss.item()
-            loss = loss + self.config.aux_frame_mean * aux_loss
-            metrics["loss"] = loss.item()
-        return loss, metrics
+    @property
+    def aux_loss_weight(self) -> float:
+        return self.config.aux_frame_mean
 
     def _reset(self, instruction: str) -> None:
         text, mask, self._cond = self.text_tokens([instruction])

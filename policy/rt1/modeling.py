@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,105 +35,25 @@ from torch import nn
 
 from envs.spec import INSTRUCTION, STATE_NAMES, ActionSpec
 from policy.background import background_batch, check_background_masks
-from policy.base import Policy, binned_action_loss, check_training_targets, token_metrics
+from policy.base import Policy
+from policy.registry import register_policy
+from policy.rt1.configuration import RT1Config
 from policy.text import get_text_encoder
 from policy.tokenizers.actions import UniformActionTokenizer
 from policy.tokenizers.images import (
-    BACKBONES,
-    LITE0_BLOCKS,
     RT1ImageTokenizer,
-    check_conv_stem,
     load_backbone,
     preprocess_images,
     random_shift,
     resolve_pretrained,
 )
 from policy.tokenizers.state import StateTokenizer
-from policy.transformer import Transformer, TransformerConfig
+from policy.transformer import Transformer
 
 
-@dataclass
-class RT1Config:
-    """RT-1 model and tokenizer settings; every field is saved in config.json."""
-
-    history: int = 2  # frames in context (RT-1 used 6; prototype: 3 frames cost 2.3x)
-    resize_to: int | None = 64  # model resolution; prototype: 64 px learned 1.6x faster than 96
-    augment_shift: int = 4  # random-shift pixels at model resolution during training; 0 = off
-    augment_mirror: float = 0.5  # share of training samples mirrored left-right (augment.py)
-    # share of training samples whose background pixels get a generated table (needs a store
-    # collected with collect.background_mask=true; policy/background.py); 0 = off
-    augment_background: float = 0.0
-    conv_channels: tuple[int, ...] = (16, 32, 64, 128)  # stem width, then one stage per entry
-    conv_strides: tuple[int, ...] = (2, 2, 1)  # stride of each stage after the stride-2 stem
-    conv_blocks: int = 1  # MBConv blocks per stage
-    conv_expand: int = 2  # MBConv expansion ratio (EfficientNet uses 6; 2 is CPU-friendly)
-    conv_fused_stages: int = 3  # leading Fused-MBConv stages (EfficientNetV2): 1.3x faster
-    image_tokens: int = 8  # TokenLearner tokens per frame (RT-1: 8)
-    position_encoding: bool = True  # add each feature cell's (x, y) before TokenLearner
-    text_norm: bool = True  # LayerNorm on the sentence embedding before FiLM; False: raw
-    use_state: bool = True  # one end-effector-state token per frame
-    d_model: int = 128
-    n_layer: int = 3
-    n_head: int = 4
-    dropout: float = 0.1
-    action_bins: int = 256  # uniform bins per action dimension (RT-1: 256)
-    label_sigma_bins: float = 4.0  # Gaussian target width in bins; 0 = one-hot
-    action_bounds: str = "spec"  # "spec": the action spec's bounds; "data": stats p01/p99
-    text_encoder: str | None = None  # None: the offline all-MiniLM-L6-v2 package
-    text_dim: int = 384  # width of the sentence embedding (all-MiniLM-L6-v2: 384)
-    pretrained_backbone: str | None = None  # local safetensors/state-dict file; "imagenet":
-    # the shipped ImageNet weights of `backbone` (efficientnet_lite0 only)
-    backbone: str = "film_efficientnet"  # or "efficientnet_lite0": RT-1's ImageNet family
-    lite_blocks: int = 8  # efficientnet_lite0: how many of its blocks (8: through 80 channels)
-    lite_frozen: int = 0  # efficientnet_lite0: stem + this many blocks kept frozen, no FiLM
-    wrist_camera: bool = False  # also read the wrist camera: its own FiLM stem + TokenLearner
-    wrist_tokens: int = 8  # TokenLearner tokens per wrist frame (with wrist_camera)
-
-    def __post_init__(self) -> None:
-        self.conv_channels = tuple(int(c) for c in self.conv_channels)
-        self.conv_strides = tuple(int(s) for s in self.conv_strides)
-        if self.history < 1:
-            raise ValueError(f"history={self.history}; expected >= 1 frame")
-        if self.resize_to is not None and self.resize_to < 16:
-            raise ValueError(f"resize_to={self.resize_to}; expected None or >= 16 px")
-        if self.augment_shift < 0:
-            raise ValueError(f"augment_shift={self.augment_shift}; expected >= 0")
-        check_training_targets(self.label_sigma_bins, self.augment_mirror)
-        if not 0.0 <= self.augment_background <= 1.0:
-            raise ValueError(f"augment_background={self.augment_background}; expected a "
-                             "probability in [0, 1]")
-        check_conv_stem(self.conv_channels, self.conv_strides, self.conv_blocks,
-                        self.conv_expand, self.conv_fused_stages, self.image_tokens)
-        if self.action_bins < 2:
-            raise ValueError(f"action_bins={self.action_bins}; expected >= 2")
-        if self.action_bounds not in ("spec", "data"):
-            raise ValueError(f"action_bounds={self.action_bounds!r}; expected 'spec' or 'data'")
-        if self.text_dim < 1:
-            raise ValueError(f"text_dim={self.text_dim}; expected >= 1")
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone={self.backbone!r}; expected one of {BACKBONES}")
-        if self.backbone == "efficientnet_lite0" and not 1 <= self.lite_blocks <= len(
-                LITE0_BLOCKS):
-            raise ValueError(f"lite_blocks={self.lite_blocks}; expected 1..{len(LITE0_BLOCKS)}")
-        if self.backbone == "efficientnet_lite0" and not 0 <= self.lite_frozen < self.lite_blocks:
-            raise ValueError(f"lite_frozen={self.lite_frozen}; expected 0..{self.lite_blocks - 1}"
-                             f" (lite_blocks={self.lite_blocks}: at least one block trains)")
-        if self.wrist_camera and self.wrist_tokens < 1:
-            raise ValueError(f"wrist_tokens={self.wrist_tokens}; expected >= 1 with wrist_camera")
-        if self.pretrained_backbone == "imagenet" and self.backbone != "efficientnet_lite0":
-            raise ValueError(f"pretrained_backbone='imagenet' needs backbone="
-                             f"'efficientnet_lite0'; got {self.backbone!r}")
-        self.transformer  # noqa: B018 - validates d_model / n_head / dropout
-
-    @property
-    def transformer(self) -> TransformerConfig:
-        return TransformerConfig(d_model=self.d_model, n_layer=self.n_layer, n_head=self.n_head,
-                                 dropout=self.dropout)
-
-
+@register_policy("rt1", RT1Config)
 class RT1Policy(Policy):
-    kind = "rt1"
-    config_class = RT1Config
+    config: RT1Config
 
     def __init__(self, config: RT1Config, action_spec: ActionSpec,
                  env_info: Mapping[str, Any] | None, stats: Mapping[str, Any] | None = None
@@ -241,13 +160,6 @@ class RT1Policy(Policy):
         text = self.encode_text(batch[INSTRUCTION])
         tokens = self.frame_tokens(image, state, text, augment=self.training, wrist=wrist)
         return self.action_logits(tokens, valid), self.action_tokenizer.encode(action), valid
-
-    def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        logits, targets, valid = self.logits_and_targets(batch)
-        loss = binned_action_loss(logits, targets, valid, self.config.label_sigma_bins)
-        metrics = {"loss": loss.item(),
-                   **token_metrics(logits, targets, valid, self.action_spec.names)}
-        return loss, metrics
 
     def _reset(self, instruction: str) -> None:
         self._text_emb = self.encode_text([instruction])
