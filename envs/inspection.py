@@ -2,7 +2,9 @@
 
 `summarize` counts episodes, steps and successes per task and split and gathers the
 instructions and statistics; `contact_sheet` writes a PNG grid of random frames titled with
-their instructions, for a look at what was collected before training on it.
+their instructions, for a look at what was collected before training on it. A store with
+visual prompts adds the share of episodes that show their target by image and the crop
+size, and the sheet shows each frame's episode crops beside it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.spec import IMAGE
+from envs.spec import IMAGE, prompt_slots
 from envs.store import EpisodeStore
 
 
@@ -36,6 +38,10 @@ class StoreSummary:
     stats: dict[str, dict[str, list[float]]]
     state_names: list[str]
     action_names: list[str]
+    # Visual prompts: share of episodes with an image slot, and the crop side S; both None
+    # for a store without prompt images.
+    visual_prompts: float | None = None
+    prompt_image_size: int | None = None
 
     def format(self, max_instructions: int = 10) -> str:
         lines = [
@@ -48,6 +54,8 @@ class StoreSummary:
             "episode)",
             f"seeds        {self.seeds[0]}..{self.seeds[1]}" if self.seeds else "seeds        -",
             f"images       {self.image_shape} ({self.renderer})",
+            *([f"prompts      {self.visual_prompts:.0%} of episodes show an object by image "
+               f"({self.prompt_image_size} px crops)"] if self.prompt_image_size else []),
             f"splits       {self.splits}",
             "tasks        " + ", ".join(
                 f"{t}: {int(v['episodes'])} ep, {int(v['steps'])} steps, "
@@ -81,6 +89,9 @@ def summarize(store: EpisodeStore) -> StoreSummary:
     splits = {name: int((table.split_id == s).sum()) for s, name in enumerate(store.splits)}
     info = store.info
     spec = info.get("action_spec", {}).get("dims", [])
+    prompt_shape = store.prompt_image_shape
+    with_slots = [prompt_slots(sh.episode_instruction(i)) > 0
+                  for sh in store.shards for i in range(sh.num_episodes)]
     return StoreSummary(
         path=str(store.path),
         shards=len(store.shards),
@@ -98,12 +109,16 @@ def summarize(store: EpisodeStore) -> StoreSummary:
         stats=store.stats if store.num_steps else {},
         state_names=list(info.get("state_names", [])),
         action_names=[d["name"] for d in spec],
+        visual_prompts=(float(np.mean(with_slots)) if with_slots else 0.0)
+        if prompt_shape else None,
+        prompt_image_size=int(prompt_shape[1]) if prompt_shape else None,
     )
 
 
 def contact_sheet(store: EpisodeStore, out: Path | str, frames: int = 24, cols: int = 6,
                   seed: int = 0) -> Path:
-    """A PNG grid of random frames, each titled with its instruction and episode/step."""
+    """A PNG grid of random frames, each titled with its instruction and episode/step; the
+    crops of an episode with visual prompts are drawn small beside the frame (top right)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on a headless machine
@@ -115,7 +130,9 @@ def contact_sheet(store: EpisodeStore, out: Path | str, frames: int = 24, cols: 
     picks = np.sort(rng.choice(store.num_steps, size=min(frames, store.num_steps),
                                replace=False))
     rows = -(-len(picks) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.7 * rows), squeeze=False)
+    wide = 1.4 if store.prompt_image_shape else 1.0  # room for the crops beside each frame
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * wide * cols, 2.7 * rows),
+                             squeeze=False)
     offsets = np.cumsum([0] + [sh.num_steps for sh in store.shards])
     for ax in axes.flat:
         ax.axis("off")
@@ -125,6 +142,15 @@ def contact_sheet(store: EpisodeStore, out: Path | str, frames: int = 24, cols: 
         ep = int(np.searchsorted(sh.episode_ends, row, side="right"))
         ax.imshow(sh.read(IMAGE, row, row + 1)[0])
         title = sh.episode_instruction(ep)
+        crops = sh.prompt_images(ep, ep + 1)
+        slots = prompt_slots(title)
+        for k in range(slots if crops is not None else 0):
+            inset = ax.inset_axes((1.02, 1 - 0.36 * (k + 1), 0.34, 0.34))
+            inset.imshow(crops[0, k])
+            inset.set_xticks([])
+            inset.set_yticks([])
+        if slots and sh.episode_prompt_words(ep):
+            title += " [" + ", ".join(sh.episode_prompt_words(ep)) + "]"
         ax.set_title(f"{title}\n{sh.episode_task(ep)} seed {int(sh.seeds[ep])} "
                      f"t={row - int(sh.episode_starts[ep])}", fontsize=7)
     fig.tight_layout()

@@ -241,3 +241,19 @@ def test_episode_slots_need_images_of_the_right_shape() -> None:
         Episode(**{**base, "instruction": three, "prompt_words": ("a", "b", "c")})
     ep = Episode(**{**base, "prompt_words": ["red cube"]})  # a list becomes a tuple
     assert ep.prompt_words == ("red cube",)
+
+
+def test_summary_reports_the_prompt_share_and_the_sheet_draws_crops(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from envs.inspection import contact_sheet, summarize
+
+    write(tmp_path / "p" / shard_name(0), MIXED)
+    summary = summarize(EpisodeStore(tmp_path / "p"))
+    assert summary.visual_prompts == 0.75 and summary.prompt_image_size == S
+    assert "prompts      75% of episodes show an object by image (6 px crops)" in \
+        summary.format()
+    png = contact_sheet(EpisodeStore(tmp_path / "p"), tmp_path / "sheet.png", frames=4, cols=2)
+    assert png.stat().st_size > 0
+    write(tmp_path / "t" / shard_name(0), [episode(0)], prompt_size=None)
+    plain = summarize(EpisodeStore(tmp_path / "t"))
+    assert plain.visual_prompts is None and "prompts " not in plain.format()
