@@ -21,7 +21,10 @@ label with `names` from the action spec, `executed_action` what the env received
 is the control rate. The import accepts those names (or a user's mapping) and refuses, naming
 it, any feature that has no place in the store, any action layout other than the action
 spec's, and any rate other than the control rate, so imported data keeps robotok's action
-conventions.
+conventions. Episodes with visual prompts (an instruction with "{image}" slots, a store
+collected with collect.visual_prompts) are refused: LeRobot v3 has per-step features and
+per-episode scalars, no per-episode images, so the crops would be lost and the task string
+would name objects by slots nothing fills.
 
 pyarrow writes the parquet files and PyAV (FFmpeg) the mp4 files: the optional extra
 `robotok[lerobot]`. They are imported when an export or import runs, not with this module.
@@ -44,7 +47,16 @@ from typing import Any
 
 import numpy as np
 
-from envs.spec import CONTROL_HZ, DEFAULT_ACTION_SPEC, IMAGE, STATE_NAMES, WRIST_IMAGE, ActionSpec
+from envs.spec import (
+    CONTROL_HZ,
+    DEFAULT_ACTION_SPEC,
+    IMAGE,
+    PROMPT_SLOT,
+    STATE_NAMES,
+    WRIST_IMAGE,
+    ActionSpec,
+    prompt_slots,
+)
 from envs.store import Episode, EpisodeStore, ShardWriter, shard_name
 
 CODEBASE_VERSION = "v3.0"
@@ -209,6 +221,24 @@ def select_episodes(store: EpisodeStore, tasks: Sequence[str] | None = None,
 
 
 # ----------------------------------------------------------------------------- writing
+
+
+def check_no_visual_prompts(store: EpisodeStore, chosen: Sequence[int]) -> None:
+    """Refuse episodes that show an object by image: LeRobot v3 has no per-episode image
+    field for their crops, and the task string would keep slots that nothing fills."""
+    if store.prompt_image_shape is None:
+        return
+    slots = np.array([prompt_slots(sh.episode_instruction(j))
+                      for sh in store.shards for j in range(sh.num_episodes)])
+    prompted = [int(i) for i in chosen if slots[i] > 0]
+    if prompted:
+        raise ValueError(
+            f"store {store.path} has visual prompts: {len(prompted)} of the {len(chosen)} "
+            f"selected episodes (e.g. episode {prompted[0]}) name an object by an image crop "
+            f"({PROMPT_SLOT!r} in the instruction). The LeRobot v3 format has no per-episode "
+            "image field to carry the crops, and the task string would keep slots nothing "
+            "fills, so such episodes are not exported; export a store collected with "
+            "collect.visual_prompts=0")
 
 
 class _RollingParquet:
@@ -501,6 +531,7 @@ def export_lerobot(cfg: ExportConfig) -> ExportReport:
     t0 = time.perf_counter()
     store = EpisodeStore(cfg.store)
     chosen = select_episodes(store, cfg.tasks, cfg.splits, cfg.episodes, cfg.success_only)
+    check_no_visual_prompts(store, chosen)
     info_src = store.info
     spec = (ActionSpec.from_dict(info_src["action_spec"]) if "action_spec" in info_src
             else DEFAULT_ACTION_SPEC)

@@ -257,3 +257,20 @@ def test_summary_reports_the_prompt_share_and_the_sheet_draws_crops(tmp_path: Pa
     write(tmp_path / "t" / shard_name(0), [episode(0)], prompt_size=None)
     plain = summarize(EpisodeStore(tmp_path / "t"))
     assert plain.visual_prompts is None and "prompts " not in plain.format()
+
+
+def test_lerobot_export_refuses_episodes_with_visual_prompts(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    pytest.importorskip("av")
+    from envs.lerobot import ExportConfig, check_no_visual_prompts, export_lerobot
+
+    store = write(tmp_path / "s" / shard_name(0), MIXED).parent
+    out = tmp_path / "ds"
+    with pytest.raises(ValueError, match=r"has visual prompts: 3 of the 4 selected episodes "
+                                         r"\(e.g. episode 0\).*no per-episode image field"):
+        export_lerobot(ExportConfig(store=str(store), output=str(out)))
+    assert not out.exists() and not out.with_name("ds.partial").exists()
+    st = EpisodeStore(store)
+    check_no_visual_prompts(st, [1])  # the text-only episode alone would export
+    with pytest.raises(ValueError, match="1 of the 2 selected"):
+        check_no_visual_prompts(st, [1, 2])
