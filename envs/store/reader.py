@@ -366,11 +366,15 @@ class EpisodeStore:
         if not self.shards:
             raise StoreError(self.path, "no readable shard")
         first = self.shards[0]
+        # Prompt crops are optional per shard: those that have them compare with the first
+        # that does, whether or not the first shard has any.
+        prompted = next((sh for sh in self.shards if sh.prompt_image_shape is not None), first)
         for sh in self.shards[1:]:
-            problem = compat_mismatch(first.info, sh.info)
-            if problem:
-                raise StoreError(sh.path / "zarr.json", f"incompatible with {first.path}: "
-                                 f"{problem}")
+            for ref in dict.fromkeys((first, prompted)):
+                problem = compat_mismatch(ref.info, sh.info)
+                if problem:
+                    raise StoreError(sh.path / "zarr.json", f"incompatible with {ref.path}: "
+                                     f"{problem}")
         self.instructions = _union(sh.tables.instructions for sh in self.shards)
         self.tasks = _union(sh.tables.tasks for sh in self.shards)
         self.splits = _union(sh.tables.splits for sh in self.shards)

@@ -162,10 +162,16 @@ def test_merge_refuses_different_crop_sizes(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=r"prompt_image_shape.*\[2, 6, 6, 3\] != \[2, 4, 4, 3\]"
                        r".*different sizes S"):
         merge([a, plain, b], tmp_path / "m")
-    # Shards of one store are refused the same way.
+    # Shards of one store are refused the same way, a text-only first shard or not.
     write(tmp_path / "a" / shard_name(1), [episode(3, ("red cube",), size=4)], prompt_size=4)
     with pytest.raises(StoreError, match="different sizes S"):
         EpisodeStore(tmp_path / "a")
+    write(tmp_path / "c" / shard_name(0), [episode(4)], prompt_size=None)
+    write(tmp_path / "c" / shard_name(1), [episode(5, ("red cube",))])
+    write(tmp_path / "c" / shard_name(2), [episode(6, ("red cube",), size=4)], prompt_size=4)
+    with pytest.raises(StoreError, match=r"shard-00002.*incompatible with .*shard-00001.*"
+                                         "different sizes S"):
+        EpisodeStore(tmp_path / "c")
 
 
 def test_writer_refuses_prompts_it_does_not_store(tmp_path: Path) -> None:
