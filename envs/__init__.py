@@ -87,4 +87,5 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["ALL_SPLITS", "ENV_IDS", "SPLITS", "VISUAL_SPLITS", "TASKS", "TASK_CLASSES", "TabletopEnv", "make_env"]
+__all__ = ["ALL_SPLITS", "ENV_IDS", "SPLITS", "TASKS", "TASK_CLASSES", "VISUAL_SPLITS",
+           "TabletopEnv", "make_env"]
