@@ -33,11 +33,14 @@ from envs.spec import (
     ACTION,
     IMAGE,
     INSTRUCTION,
+    MAX_PROMPT_IMAGES,
+    PROMPT_IMAGES,
     STATE,
     STATE_NAMES,
     WRIST_IMAGE,
     ActionSpec,
     config_defaults,
+    prompt_slots,
 )
 from policy.augment import check_mirror_camera, check_mirror_wrist, mirror_batch
 from policy.registry import policies
@@ -64,6 +67,8 @@ class EnvSummary:
     renderer: Any
     action_spec: ActionSpec | None
     wrist_camera: Any = None
+    # (K, S, S, 3) of the visual prompts' crops where the env or store has them, else None
+    prompt_image_shape: tuple[int, ...] | None = None
 
 
 def summarize_env(env_info: Mapping[str, Any] | None) -> EnvSummary:
@@ -93,7 +98,20 @@ def summarize_env(env_info: Mapping[str, Any] | None) -> EnvSummary:
         action_spec=None if spec is None else (
             spec if isinstance(spec, ActionSpec) else ActionSpec.from_dict(spec)),
         wrist_camera=_jsonable(find("wrist_camera")),
+        prompt_image_shape=_prompt_image_shape(find("prompt_image_shape"),
+                                               find("prompt_images")),
     )
+
+
+def _prompt_image_shape(stored: Any, described: Any) -> tuple[int, ...] | None:
+    """(K, S, S, 3) from a store's info["prompt_image_shape"] or an env's
+    describe()["prompt_images"] (its crop size; K = MAX_PROMPT_IMAGES)."""
+    if stored:
+        return tuple(int(v) for v in stored)
+    if isinstance(described, Mapping) and described.get("image_size"):
+        size = int(described["image_size"])
+        return (MAX_PROMPT_IMAGES, size, size, 3)
+    return None
 
 
 def _jsonable(value: Any) -> Any:
@@ -199,6 +217,10 @@ class PolicyConfig:
     # from_pretrained: the checkpoint holds the weights); a family may accept names too
     # (RT1Config: "imagenet")
     pretrained_backbone: str | None = None
+    # read multimodal prompts: the object crops that stand in for a name ("pick up the
+    # {image}"), through an encoder of their own (policy/tokenizers/prompt.py); needs a store
+    # collected with collect.visual_prompts > 0
+    prompt_images: bool = False
 
     def __post_init__(self) -> None:
         if self.history < 1:
@@ -257,7 +279,13 @@ class Policy(nn.Module):
         self.wrist_shape: tuple[int, int, int] | None = None
         if self.reads_wrist:
             self.wrist_shape = _wrist_shape(summary.wrist_camera)
+        self.prompt_shape: tuple[int, int, int, int] | None = None
+        if self.reads_prompt_images:
+            self.prompt_shape = _checked_prompt_shape(summary.prompt_image_shape)
         self.instruction: str | None = None
+        # this episode's prompt crops, uint8 (K, S, S, 3) on the model's device (zeros in
+        # slots the instruction does not use), or None for a text-only instruction
+        self.prompt_images: torch.Tensor | None = None
         self.mirror_prob = float(config.augment_mirror)
         if self.mirror_prob > 0:
             cam = summary.camera
@@ -278,6 +306,12 @@ class Policy(nn.Module):
         """Whether this policy reads the wrist camera (obs["wrist_image"]) besides the front
         one; a family that can overrides this from its config."""
         return False
+
+    @property
+    def reads_prompt_images(self) -> bool:
+        """Whether this policy reads multimodal prompts (obs["prompt_images"] with "{image}"
+        slots in the instruction); ``config.prompt_images``."""
+        return bool(self.config.prompt_images)
 
     def logits_and_targets(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
         """A contract batch -> logits (B, T, A, K), target bins (B, T, A), valid (B, T)."""
@@ -341,16 +375,59 @@ class Policy(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def reset(self, instruction: str | None = None) -> None:
-        """Forget the frame history; encode ``instruction`` once (None keeps the last one)."""
+    def reset(self, instruction: str | None = None, prompt_images: Any = None) -> None:
+        """Forget the frame history; encode ``instruction`` once (None keeps the last one).
+
+        ``prompt_images``: the crops of a multimodal instruction, uint8 (n, S, S, 3), one per
+        "{image}" slot in order (n = the slot count, or MAX_PROMPT_IMAGES zero-padded as the
+        env gives them); None where the instruction has no slot, or where they will come with
+        the first observation (obs["prompt_images"]).
+        """
         if instruction is None:
             instruction = self.instruction
         if instruction is not None and not isinstance(instruction, str):
             raise TypeError(f"instruction must be a str; got {type(instruction).__name__}")
+        self.prompt_images = (None if instruction is None
+                              else self._checked_prompt(instruction, prompt_images))
         self.instruction = instruction
         if instruction is not None:
             with self._acting():
                 self._reset(instruction)
+
+    def _checked_prompt(self, instruction: str, images: Any) -> torch.Tensor | None:
+        """``reset``'s prompt images as uint8 (K, S, S, 3) on the device, or a clear error."""
+        slots = prompt_slots(instruction)
+        if slots and not self.reads_prompt_images:
+            raise ValueError(f"instruction {instruction!r} shows {slots} object(s) by image, and "
+                             "this policy reads text prompts only (policy.prompt_images=false)")
+        if slots > MAX_PROMPT_IMAGES:
+            raise ValueError(f"instruction {instruction!r} has {slots} image slots; expected at "
+                             f"most {MAX_PROMPT_IMAGES}")
+        if images is None or not self.reads_prompt_images:
+            return None
+        assert self.prompt_shape is not None
+        arr = torch.as_tensor(np.asarray(images))
+        k, size = self.prompt_shape[0], tuple(self.prompt_shape[1:])
+        if (arr.dtype != torch.uint8 or arr.ndim != 4 or tuple(arr.shape[1:]) != size
+                or arr.shape[0] not in (slots, k)):
+            raise ValueError(f"prompt images are {arr.dtype} {tuple(arr.shape)}; expected uint8 "
+                             f"({slots}, {', '.join(map(str, size))}), one per '{{image}}' slot "
+                             f"of {instruction!r}, or ({k}, ...) zero-padded")
+        out = torch.zeros(self.prompt_shape, dtype=torch.uint8)
+        out[:slots] = arr[:slots]
+        return out.to(self.device)
+
+    def episode_prompt(self) -> torch.Tensor:
+        """This episode's crops as uint8 (1, K, S, S, 3) for a family's conditioning (zeros
+        for a text-only instruction); only for a policy that reads prompt images."""
+        assert self.prompt_shape is not None
+        if self.instruction is not None and prompt_slots(self.instruction) and (
+                self.prompt_images is None):
+            raise ValueError(f"instruction {self.instruction!r} shows an object by image, but "
+                             "no prompt images came with reset() or the observation")
+        if self.prompt_images is None:
+            return torch.zeros((1, *self.prompt_shape), dtype=torch.uint8, device=self.device)
+        return self.prompt_images[None]
 
     @contextmanager
     def _acting(self) -> Iterator[None]:
@@ -372,8 +449,14 @@ class Policy(nn.Module):
             if key not in observation:
                 raise KeyError(f"observation lacks {key!r}; has {sorted(observation)}")
         instruction = observation[INSTRUCTION]
+        prompt = observation.get(PROMPT_IMAGES) if self.reads_prompt_images else None
         if instruction != self.instruction:
-            self.reset(instruction)
+            self.reset(instruction, prompt)
+        elif prompt is not None and prompt_slots(instruction) and (
+                self.prompt_images is None or not torch.equal(
+                    self._checked_prompt(instruction, prompt), self.prompt_images)):
+            # the same words with other crops: another episode ("pick up the {image}")
+            self.reset(instruction, prompt)
         image = torch.as_tensor(np.asarray(observation[IMAGE]))
         if tuple(image.shape) != self.image_shape or image.dtype != torch.uint8:
             raise ValueError(f"observation image is {image.dtype} {tuple(image.shape)}; this "
@@ -422,6 +505,21 @@ class Policy(nn.Module):
                              f"({image.shape[0]}, {image.shape[1]}, "
                              f"{', '.join(map(str, self.wrist_shape or ()))})")
         return wrist.to(self.device)
+
+    def unpack_prompt(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """The batch's prompt crops uint8 (B, K, S, S, 3) on the model's device, checked
+        against this policy's prompt shape."""
+        if PROMPT_IMAGES not in batch:
+            raise KeyError(f"batch lacks {PROMPT_IMAGES!r}: this policy reads prompt images, so "
+                           "its store must be collected with collect.visual_prompts > 0; has "
+                           f"{sorted(batch)}")
+        images = batch[PROMPT_IMAGES]
+        b = len(batch[INSTRUCTION])
+        if images.ndim != 5 or images.shape[0] != b or tuple(images.shape[1:]) != (
+                self.prompt_shape):
+            raise ValueError(f"batch prompt images have shape {tuple(images.shape)}; expected "
+                             f"({b}, {', '.join(map(str, self.prompt_shape or ()))})")
+        return images.to(self.device)
 
     def _unpack(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
         """Check a contract batch and move it to the model's device.
@@ -550,6 +648,16 @@ def _wrist_shape(wrist_camera: Any) -> tuple[int, int, int]:
     shape = tuple(int(v) for v in wrist_camera["image_shape"])
     if len(shape) != 3 or shape[2] != 3:
         raise ValueError(f"wrist image shape {shape}; expected (H, W, 3)")
+    return shape  # type: ignore[return-value]
+
+
+def _checked_prompt_shape(shape: tuple[int, ...] | None) -> tuple[int, int, int, int]:
+    """(K, S, S, 3) of the prompt crops from env_info, or a clear error."""
+    if shape is None:
+        raise ValueError("this policy reads prompt images (prompt_images=true), but env_info "
+                         "has none: collect its store with collect.visual_prompts > 0")
+    if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2]:
+        raise ValueError(f"prompt image shape {shape}; expected (K, S, S, 3)")
     return shape  # type: ignore[return-value]
 
 

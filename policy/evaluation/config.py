@@ -32,7 +32,9 @@ class EvalConfig:
     """Which episodes to run, how, and what to write (see `evaluate` for the semantics)."""
 
     tasks: Sequence[str] | str | None = None  # None: every task; "trained": the checkpoint's
-    splits: Sequence[str] | None = None  # None: every split in envs.SPLITS
+    # None: the six zero-shot splits (envs.SPLITS); envs.VISUAL_SPLITS (visual_prompt,
+    # visual_prompt_unseen_object) run when named, for policies that read image prompts
+    splits: Sequence[str] | None = None
     episodes: int = 10  # per (task, split)
     seed_start: int | None = None  # None: envs.spec.EVAL_SEED_START
     workers: int = 2

@@ -58,6 +58,9 @@ class EnvSettings:
                 image_size = int(camera["image_shape"][0])
             if wrist is None and "wrist_camera" in trained:
                 wrist = trained["wrist_camera"] is not None
+            prompt_size = _trained_prompt_size(trained)
+            if prompt_size is not None:
+                kw["prompt_image_size"] = prompt_size
         if image_size is not None:
             kw["image_size"] = int(image_size)
         if wrist is not None:
@@ -69,6 +72,29 @@ class EnvSettings:
         return kw
 
 
+
+
+def _trained_prompt_size(trained: dict) -> int | None:
+    """The side (px) of the visual prompts' crops a checkpoint was trained with: an env's
+    describe()["prompt_images"] or a store's info["prompt_image_shape"] (K, S, S, 3)."""
+    described = trained.get("prompt_images")
+    if isinstance(described, dict) and described.get("image_size"):
+        return int(described["image_size"])
+    shape = trained.get("prompt_image_shape")
+    return int(shape[1]) if shape else None
+
+
+def check_reads_prompts(policy: Any, splits: Sequence[str]) -> None:
+    """Refuse to run a policy that cannot see image prompts on the visual-prompt splits: its
+    zero would read as a failure to recognise the object."""
+    import envs
+
+    visual = [s for s in splits if s in envs.VISUAL_SPLITS]
+    if visual and policy is not None and not getattr(policy, "reads_prompt_images", False):
+        raise ValueError(
+            f"split(s) {visual} show the target by image only, and this policy reads text "
+            "prompts only; train one with policy.prompt_images=true on a store collected "
+            "with collect.visual_prompts > 0, or leave these splits out")
 
 
 def _default_policy_name(policy: Any) -> str:
@@ -143,7 +169,7 @@ def evaluate(policy_factory: Any, config: EvalConfig, out_dir: str | Path | None
     tasks, episodes, workers = config.tasks, config.episodes, config.workers
     baselines, policy_name, progress = config.baselines, config.policy_name, config.progress
     shard_index, num_shards = config.shard_index, config.num_shards
-    splits = list(config.splits) if config.splits else list(envs.SPLITS)
+    splits = list(config.splits) if config.splits else list(envs.SPLITS)  # the six
     seed_start = EVAL_SEED_START if config.seed_start is None else config.seed_start
     settings = config.env
 
@@ -168,10 +194,12 @@ def evaluate(policy_factory: Any, config: EvalConfig, out_dir: str | Path | None
             raise ValueError(f"tasks={tasks!r}; expected a list of tasks, None or {TRAINED!r}")
         tasks = _trained_tasks(trained_env)
     tasks = list(tasks) if tasks else list(envs.TASKS)
-    for name, values, known in (("task", tasks, envs.TASKS), ("split", splits, envs.SPLITS)):
+    for name, values, known in (("task", tasks, envs.TASKS),
+                                ("split", splits, envs.ALL_SPLITS)):
         unknown = [v for v in values if v not in known]
         if unknown:
             raise ValueError(f"unknown {name}(s) {unknown}; expected some of {list(known)}")
+    check_reads_prompts(policy_obj, splits)
     name = policy_name or (_default_policy_name(policy_obj) if policy_obj is not None else None)
     if name is not None and name in BASELINES:
         raise ValueError(f"policy_name {name!r} clashes with a baseline; choose another name")

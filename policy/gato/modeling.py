@@ -84,6 +84,7 @@ from policy.tokenizers.images import (
     preprocess_images,
     random_shift,
 )
+from policy.tokenizers.prompt import PromptImageEncoder, slot_mask
 from policy.tokenizers.state import StateTokenizer
 from policy.transformer import KVCache, Transformer
 
@@ -143,6 +144,12 @@ class GatoPolicy(Policy):
             vocab = get_subword_tokenizer(c.text_encoder).vocab_size
             self.text_embed = nn.Embedding(vocab, c.d_model)
             self.text_pos = nn.Parameter(torch.randn(c.max_text_tokens, c.d_model) * 0.02)
+        # Multimodal prompts: one token per prompt-image slot, after the text in the prefix
+        # (policy/tokenizers/prompt.py), as Gato puts images among its tokens.
+        self.prompt_encoder = (
+            PromptImageEncoder(out_dim=c.d_model, image_size=self.prompt_shape[1],
+                               slots=self.prompt_shape[0], empty_token=True)
+            if self.prompt_shape is not None else None)
         self.separator = nn.Parameter(torch.randn(c.d_model) * 0.02)
         self.n_actions = len(action_spec)
         # frame_mean: no action tokens in the sequence; one head gives every dimension's bins
@@ -255,24 +262,44 @@ class GatoPolicy(Policy):
         batch = self.augment(batch)
         image, state, action, valid = self._unpack(batch)
         targets = self.action_tokenizer.encode(action)  # (B, T, A)
-        logits, aux = self.sequence_outputs(image, state, targets, valid, batch[INSTRUCTION])
+        prompt = self.unpack_prompt(batch) if self.reads_prompt_images else None
+        logits, aux = self.sequence_outputs(image, state, targets, valid, batch[INSTRUCTION],
+                                            prompt)
         return logits, aux, targets, valid
 
     def sequence_logits(self, image: torch.Tensor, state: torch.Tensor, targets: torch.Tensor,
-                        valid: torch.Tensor, instructions: Sequence[str]) -> torch.Tensor:
+                        valid: torch.Tensor, instructions: Sequence[str],
+                        prompt: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced logits (B, T, A, K) for action tokens ``targets`` (B, T, A)."""
-        return self.sequence_outputs(image, state, targets, valid, instructions)[0]
+        return self.sequence_outputs(image, state, targets, valid, instructions, prompt)[0]
+
+    def prompt_tokens(self, instructions: Sequence[str], prompt: torch.Tensor | None
+                      ) -> torch.Tensor | None:
+        """One token per prompt-image slot (B, K, d) for a policy that reads prompt images
+        (the "no image" token in slots the instruction leaves empty); None otherwise."""
+        if self.prompt_encoder is None:
+            return None
+        if prompt is None:
+            raise ValueError("this Gato reads prompt images (prompt_images=true); none given")
+        filled = slot_mask(instructions, self.prompt_encoder.slots, device=prompt.device)
+        return self.prompt_encoder.slot_tokens(prompt, filled)
 
     def sequence_outputs(self, image: torch.Tensor, state: torch.Tensor, targets: torch.Tensor,
-                         valid: torch.Tensor, instructions: Sequence[str]
+                         valid: torch.Tensor, instructions: Sequence[str],
+                         prompt: torch.Tensor | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Teacher-forced logits (B, T, A, K) and aux_frame_mean's logits (B, T, A, K) from
-        the mean of each step's observation tokens (None when the option is off)."""
+        the mean of each step's observation tokens (None when the option is off).
+        ``prompt``: uint8 (B, K, S, S, 3) crops, for a policy that reads prompt images."""
         b, t = image.shape[:2]
         text, text_mask, cond = self.text_tokens(instructions)  # (B, L, d), (B, L)
         step_text = text if self.per_step_text else None
         if not self.text_in_sequence:  # per_step, or FiLM alone carries the text: no prefix
             text, text_mask = text[:, :0], text_mask[:, :0]
+        images = self.prompt_tokens(instructions, prompt)
+        if images is not None:  # the prompt's images follow its words in the prefix
+            text = torch.cat([text, images.to(text.dtype)], dim=1)
+            text_mask = torch.cat([text_mask, text_mask.new_ones(images.shape[:2])], dim=1)
         steps = self.observation_tokens(image, state, self.training, cond, step_text)
         if not self.frame_mean:
             steps = torch.cat([steps, self.action_tokens(targets)], dim=2)  # (B, T, step_len, d)
@@ -304,6 +331,9 @@ class GatoPolicy(Policy):
         self._step_text = self._text if self.per_step_text else None
         if not self.text_in_sequence:
             self._text = self._text[:, :0]
+        if self.reads_prompt_images:
+            images = self.prompt_tokens([instruction], self.episode_prompt())
+            self._text = torch.cat([self._text, images], dim=1)
         self._cache = self.transformer.new_cache()
         self._k_step = torch.zeros(0, dtype=torch.long, device=self.device)
         self._k_pos = torch.zeros(0, dtype=torch.long, device=self.device)

@@ -47,6 +47,7 @@ from policy.tokenizers.images import (
     random_shift,
     resolve_pretrained,
 )
+from policy.tokenizers.prompt import PromptImageEncoder, slot_mask
 from policy.tokenizers.state import StateTokenizer
 from policy.transformer import Transformer
 
@@ -87,6 +88,12 @@ class RT1Policy(Policy):
                 if tokenizer is not None:
                     load_backbone(tokenizer.backbone,
                                   resolve_pretrained(c.pretrained_backbone, c.backbone))
+        # Multimodal prompts: the crops' vectors join the sentence embedding that FiLM reads
+        # (policy/tokenizers/prompt.py); a text-only prompt adds exactly zero.
+        self.prompt_encoder = (
+            PromptImageEncoder(out_dim=c.text_dim, image_size=self.prompt_shape[1],
+                               slots=self.prompt_shape[0])
+            if self.prompt_shape is not None else None)
         self._text_emb: torch.Tensor | None = None
         self._frames: deque[torch.Tensor] = deque(maxlen=c.history)
 
@@ -99,6 +106,18 @@ class RT1Policy(Policy):
             raise ValueError(f"text encoder {self.config.text_encoder!r} gives {emb.shape[-1]}-d "
                              f"embeddings; config text_dim is {self.config.text_dim}")
         return emb.to(self.device)
+
+    def conditioning(self, instructions: Sequence[str],
+                     prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """What FiLM reads (B, text_dim): the sentence embedding, plus the sum of the prompt
+        crops' vectors (uint8 (B, K, S, S, 3)) for a policy that reads prompt images."""
+        text = self.encode_text(instructions)
+        if self.prompt_encoder is None:
+            return text
+        if prompt is None:
+            raise ValueError("this RT-1 reads prompt images (prompt_images=true); none given")
+        filled = slot_mask(instructions, self.prompt_encoder.slots, device=text.device)
+        return text + self.prompt_encoder.pooled(prompt, filled).to(text.dtype)
 
     @property
     def reads_wrist(self) -> bool:
@@ -157,12 +176,14 @@ class RT1Policy(Policy):
         batch = self.augment(batch)
         image, state, action, valid = self._unpack(batch)
         wrist = self.unpack_wrist(batch, image) if self.reads_wrist else None
-        text = self.encode_text(batch[INSTRUCTION])
+        prompt = self.unpack_prompt(batch) if self.reads_prompt_images else None
+        text = self.conditioning(batch[INSTRUCTION], prompt)
         tokens = self.frame_tokens(image, state, text, augment=self.training, wrist=wrist)
         return self.action_logits(tokens, valid), self.action_tokenizer.encode(action), valid
 
     def _reset(self, instruction: str) -> None:
-        self._text_emb = self.encode_text([instruction])
+        prompt = self.episode_prompt() if self.reads_prompt_images else None
+        self._text_emb = self.conditioning([instruction], prompt)
         self._frames.clear()
 
     def _act(self, image: torch.Tensor, state: torch.Tensor,
