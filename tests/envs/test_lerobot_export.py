@@ -161,6 +161,9 @@ def test_dataset_card_commands_compose(exported: Path) -> None:
 
     from hydra import compose, initialize_config_dir
 
+    from envs.collect import register_configs
+
+    register_configs()  # the node collect_base, as scripts/collect.py stores it
     card = (exported / "README.md").read_text()
     commands = {line.split()[1]: shlex.split(line)[2:] for line in card.splitlines()
                 if line.startswith("python scripts/")}
