@@ -390,9 +390,15 @@ class Policy(nn.Module):
         self.prompt_images = (None if instruction is None
                               else self._checked_prompt(instruction, prompt_images))
         self.instruction = instruction
-        if instruction is not None:
+        if instruction is not None and not self._awaits_prompt():
             with self._acting():
                 self._reset(instruction)
+
+    def _awaits_prompt(self) -> bool:
+        """A multimodal instruction whose crops have not come yet: they come with the first
+        observation (obs["prompt_images"]), which then resets the episode with them."""
+        return (self.reads_prompt_images and self.instruction is not None
+                and prompt_slots(self.instruction) > 0 and self.prompt_images is None)
 
     def _checked_prompt(self, instruction: str, images: Any) -> torch.Tensor | None:
         """``reset``'s prompt images as uint8 (K, S, S, 3) on the device, or a clear error."""
@@ -420,11 +426,7 @@ class Policy(nn.Module):
     def episode_prompt(self) -> torch.Tensor:
         """This episode's crops as uint8 (1, K, S, S, 3) for a family's conditioning (zeros
         for a text-only instruction); only for a policy that reads prompt images."""
-        assert self.prompt_shape is not None
-        if self.instruction is not None and prompt_slots(self.instruction) and (
-                self.prompt_images is None):
-            raise ValueError(f"instruction {self.instruction!r} shows an object by image, but "
-                             "no prompt images came with reset() or the observation")
+        assert self.prompt_shape is not None and not self._awaits_prompt()
         if self.prompt_images is None:
             return torch.zeros((1, *self.prompt_shape), dtype=torch.uint8, device=self.device)
         return self.prompt_images[None]
@@ -457,6 +459,10 @@ class Policy(nn.Module):
                     self._checked_prompt(instruction, prompt), self.prompt_images)):
             # the same words with other crops: another episode ("pick up the {image}")
             self.reset(instruction, prompt)
+        if self._awaits_prompt():
+            raise ValueError(f"instruction {instruction!r} shows an object by image, but no "
+                             f"prompt images came with reset() or the observation "
+                             f"({PROMPT_IMAGES!r})")
         image = torch.as_tensor(np.asarray(observation[IMAGE]))
         if tuple(image.shape) != self.image_shape or image.dtype != torch.uint8:
             raise ValueError(f"observation image is {image.dtype} {tuple(image.shape)}; this "

@@ -220,3 +220,28 @@ def test_in_training_evaluation_of_a_live_policy_logs_to_tensorboard(tmp_path: P
     assert acc.Scalars("eval/rt1/split/seen")[0].step == 7
     gifs = acc.Tags()["images"]
     assert len(gifs) == 1 and acc.Images(gifs[0])[0].encoded_image_string[:3] == b"GIF"
+
+
+def test_visual_prompt_levels_run_a_prompt_reading_checkpoint_and_refuse_a_text_only_one(
+        checkpoint: Path, tmp_path: Path):
+    cfg = load_policy_yaml(CONF / "policy" / "rt1_tiny.yaml", {"prompt_images": True})
+    env = envs.make_env("pick", "visual_prompt", image_size=IMAGE_SIZE, skip_render=True)
+    try:
+        torch.manual_seed(0)
+        policy = make_policy(cfg, DEFAULT_ACTION_SPEC, env.unwrapped.describe())
+    finally:
+        env.close()
+    ckpt = policy.save_pretrained(tmp_path / "rt1_prompts")
+    splits = list(envs.VISUAL_SPLITS)
+    report = EvalConfig(**{**SMALL, "splits": splits, "videos_per_split": 0}).run(
+        str(ckpt), tmp_path / "eval")
+    rows = report.rows
+    assert {r.split for r in rows} == set(splits)
+    assert all("{image}" in r.instruction for r in rows if r.policy != "random")
+    oracle = [r.success for r in rows if r.policy == "oracle"]
+    assert len(oracle) == 2 * len(splits) and all(oracle)
+    report_md = (tmp_path / "eval" / "report.md").read_text()
+    assert "| visual_prompt_unseen_object | rt1 |" in report_md
+    with pytest.raises(ValueError, match=r"split\(s\) \['visual_prompt'\] show the target by "
+                                         "image only, and this policy reads text prompts only"):
+        EvalConfig(**{**SMALL, "splits": ["seen", "visual_prompt"]}).run(str(checkpoint), None)
