@@ -43,6 +43,9 @@ class RT1Config(PolicyConfig):
     lite_frozen: int = 0  # efficientnet_lite0: stem + this many blocks kept frozen, no FiLM
     wrist_camera: bool = False  # also read the wrist camera: its own FiLM stem + TokenLearner
     wrist_tokens: int = 8  # TokenLearner tokens per wrist frame (with wrist_camera)
+    # the wrist stem's resolution in px; None: resize_to. A lower one makes the second stem
+    # cheaper (32 px: a quarter of the pixels of 64); the random shift scales with it
+    wrist_resize_to: int | None = None
 
     def __post_init__(self) -> None:
         self.conv_channels = tuple(int(c) for c in self.conv_channels)
@@ -65,6 +68,8 @@ class RT1Config(PolicyConfig):
         if self.backbone == "efficientnet_lite0" and not 0 <= self.lite_frozen < self.lite_blocks:
             raise ValueError(f"lite_frozen={self.lite_frozen}; expected 0..{self.lite_blocks - 1}"
                              f" (lite_blocks={self.lite_blocks}: at least one block trains)")
+        if self.wrist_resize_to is not None and self.wrist_resize_to < 16:
+            raise ValueError(f"wrist_resize_to={self.wrist_resize_to}; expected None or >= 16 px")
         if self.wrist_camera and self.wrist_tokens < 1:
             raise ValueError(f"wrist_tokens={self.wrist_tokens}; expected >= 1 with wrist_camera")
         if self.pretrained_backbone == "imagenet" and self.backbone != "efficientnet_lite0":

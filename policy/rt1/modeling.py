@@ -124,13 +124,18 @@ class RT1Policy(Policy):
         return bool(self.config.wrist_camera)
 
     def _image_tokens(self, tokenizer: nn.Module, image: torch.Tensor, text: torch.Tensor,
-                      augment: bool) -> torch.Tensor:
-        """uint8 (B, T, H, W, 3) through one camera's stem -> tokens (B, T, n, d)."""
+                      augment: bool, size: int | None = None) -> torch.Tensor:
+        """uint8 (B, T, H, W, 3) through one camera's stem -> tokens (B, T, n, d); ``size``:
+        that stem's resolution (None: resize_to); the random shift scales with it."""
+        c = self.config
         b, t = image.shape[:2]
-        x = preprocess_images(rearrange(image, "b t h w c -> (b t) h w c"), self.config.resize_to)
-        if augment and self.config.augment_shift > 0:
-            x = random_shift(rearrange(x, "(b t) c h w -> b t c h w", b=b),
-                             self.config.augment_shift)
+        size = c.resize_to if size is None else size
+        x = preprocess_images(rearrange(image, "b t h w c -> (b t) h w c"), size)
+        shift = c.augment_shift
+        if shift > 0 and c.resize_to and size != c.resize_to:
+            shift = max(1, round(shift * size / c.resize_to))
+        if augment and shift > 0:
+            x = random_shift(rearrange(x, "(b t) c h w -> b t c h w", b=b), shift)
             x = rearrange(x, "b t c h w -> (b t) c h w")
         tokens = tokenizer(x, repeat(text, "b d -> (b t) d", t=t))  # (BT, n, d)
         return rearrange(tokens, "(b t) n d -> b t n d", b=b)
@@ -144,7 +149,8 @@ class RT1Policy(Policy):
             if wrist is None:
                 raise ValueError("this RT-1 reads the wrist camera (wrist_camera=True); no "
                                  "wrist image was given")
-            parts.append(self._image_tokens(self.wrist_tokenizer, wrist, text, augment))
+            parts.append(self._image_tokens(self.wrist_tokenizer, wrist, text, augment,
+                                            self.config.wrist_resize_to))
         if self.state_tokenizer is not None:
             parts.append(rearrange(self.state_tokenizer(state), "b t d -> b t 1 d"))
         return torch.cat(parts, dim=2)

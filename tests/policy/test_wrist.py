@@ -68,6 +68,34 @@ def test_wrist_tokens_are_read_and_change_the_action(build_wrist, make_batch) ->
         assert not torch.allclose(policy.logits_and_targets(other)[0], logits)
 
 
+def test_a_lower_wrist_resolution_shrinks_the_wrist_stems_work(
+        compose_policy, wrist_env_info, text_encoder, make_batch) -> None:
+    seen: dict[str, tuple[int, ...]] = {}
+
+    def build(size: int | None) -> Policy:
+        torch.manual_seed(0)
+        config = replace(compose_policy("rt1_tiny"), wrist_camera=True, wrist_resize_to=size)
+        policy = make_policy(config, DEFAULT_ACTION_SPEC, wrist_env_info, STATS)
+        for name in ("image_tokenizer", "wrist_tokenizer"):
+            getattr(policy, name).register_forward_pre_hook(
+                lambda _m, args, name=name: seen.__setitem__(name, tuple(args[0].shape)))
+        return policy
+
+    batch = make_batch(b=2, t=2)
+    batch[WRIST_IMAGE] = torch.randint(0, 256, (2, 2, 96, 96, 3), dtype=torch.uint8)
+    front = build(None).config.resize_to
+    build(None)(batch)
+    assert seen["wrist_tokenizer"][-2:] == seen["image_tokenizer"][-2:] == (front, front)
+    policy = build(32)
+    loss, _ = policy(batch)
+    assert torch.isfinite(loss) and seen["wrist_tokenizer"][-2:] == (32, 32)
+    assert seen["image_tokenizer"][-2:] == (front, front)
+    policy.select_action(_obs(0))  # acting resizes the same way
+    assert seen["wrist_tokenizer"][-2:] == (32, 32)
+    with pytest.raises(ValueError, match="wrist_resize_to=8; expected None or >= 16 px"):
+        replace(compose_policy("rt1_tiny"), wrist_camera=True, wrist_resize_to=8)
+
+
 def test_acting_needs_the_wrist_image_and_matches_forward(build_wrist) -> None:
     policy = build_wrist()
     obs = [_obs(i) for i in range(3)]
