@@ -17,7 +17,7 @@ from .client import (
     BridgeTimeout,
     ServerMismatch,
 )
-from .protocol import PROTOCOL_VERSION, BridgeMetadata, ProtocolError
+from .protocol import PROTOCOL_VERSION, BridgeMetadata, PromptSpec, ProtocolError
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -27,6 +27,7 @@ __all__ = [
     "BridgeError",
     "BridgeMetadata",
     "BridgeTimeout",
+    "PromptSpec",
     "ProtocolError",
     "ServerMismatch",
 ]

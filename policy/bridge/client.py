@@ -9,6 +9,10 @@ protocol.py into one folder and `import client`.
         while running:
             action = bridge.select_action({"image": rgb_uint8, "state": state_float32})
 
+A server whose policy reads image prompts announces them (``bridge.metadata.prompt_images``:
+the shape of one crop, how many at most); its instructions may then show an object by image,
+with one crop per "{image}" slot: ``bridge.reset("pick up the {image}", [crop_uint8])``.
+
 Every call has a timeout; a server whose action spec differs from what the caller was built
 for is refused at connect with an error naming the first difference.
 """
@@ -161,11 +165,21 @@ class BridgeClient:
 
     # --- the Policy-like API -------------------------------------------------------------------
 
-    def reset(self, instruction: str) -> None:
-        """Start an episode: clears this connection's frame history on the server."""
+    def reset(self, instruction: str, prompt_images: Any = None) -> None:
+        """Start an episode: clears this connection's frame history on the server.
+
+        `prompt_images`: for an instruction that shows objects by image (each "{image}" in
+        it, metadata.prompt_images.slot), one array per slot in order, each of the dtype and
+        shape metadata.prompt_images announces: a sequence of (S, S, 3) arrays or one
+        (n, S, S, 3) array. None sends no images. The server checks them: a wrong count,
+        shape or dtype, or images for a policy that reads text only, raise BridgeError.
+        """
         # "id" first: a server that cannot read the rest of a frame still finds it.
-        reply = self.request({"id": next(self._ids), "type": P.RESET,
-                              "instruction": instruction})
+        message: dict[str, Any] = {"id": next(self._ids), "type": P.RESET,
+                                   "instruction": instruction}
+        if prompt_images is not None:
+            message[P.PROMPT_IMAGES] = [np.asarray(image) for image in prompt_images]
+        reply = self.request(message)
         if reply["type"] != P.RESET_DONE:
             raise P.ProtocolError(P.E_BAD_MESSAGE, f"reply to reset has type {reply['type']!r}")
 

@@ -6,9 +6,10 @@ copies), so each robot gets its own instruction and frame history while the weig
 once. Building a session costs a constructor call, which is why it runs on the server's
 inference thread, not on the event loop.
 
-The metadata a client sees (image shape, control rate, state layout, action spec and the
-checkpoint hash) is read from the checkpoint's own files, never from the serving config, so
-a server cannot advertise something other than what the model was trained on.
+The metadata a client sees (image shape, control rate, state layout, action spec, the
+checkpoint hash and, for a policy that reads image prompts, the crops' shape) is read from the
+checkpoint's own files, never from the serving config, so a server cannot advertise something
+other than what the model was trained on.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from envs.spec import CONTROL_HZ, INSTRUCTION, STATE, STATE_NAMES
+from envs.spec import CONTROL_HZ, INSTRUCTION, PROMPT_SLOT, STATE, STATE_NAMES
 from policy.base import Policy, summarize_env
 from policy.checkpoint_hash import checkpoint_sha256
 
-from .protocol import ArraySpec
+from .protocol import ArraySpec, PromptSpec
 from .server import ServedPolicy
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,15 @@ def warm_up(policy: Policy, steps: int) -> float:
     return last
 
 
+def prompt_spec(policy: Policy) -> PromptSpec | None:
+    """What `reset` may carry for `policy`: one uint8 (S, S, 3) crop per PROMPT_SLOT of the
+    instruction, at most K of them (its prompt_shape (K, S, S, 3)); None for text only."""
+    if not policy.reads_prompt_images or policy.prompt_shape is None:
+        return None
+    k, *image = policy.prompt_shape
+    return PromptSpec(shape=tuple(image), dtype="uint8", max_images=int(k), slot=PROMPT_SLOT)
+
+
 def load_served_policy(checkpoint: str | Path, warmup_steps: int = 3,
                        torch_threads: int | None = 1) -> ServedPolicy:
     """Load `checkpoint` with Policy.from_pretrained, warm it up, describe it for clients."""
@@ -109,6 +119,7 @@ def load_served_policy(checkpoint: str | Path, warmup_steps: int = 3,
         state_names=state_names,
         control_hz=float(control_hz),
         checkpoint_sha256=checkpoint_sha256(checkpoint),
+        prompt_images=prompt_spec(policy),
         extra={"camera": summary.camera, "renderer": summary.renderer,
                "num_parameters": policy.num_parameters(), "checkpoint": checkpoint.name},
     )

@@ -49,6 +49,12 @@ ERROR_CODES = (
     E_BAD_NDARRAY, E_BAD_DTYPE, E_BAD_SHAPE, E_BAD_VALUE, E_NOT_RESET, E_POLICY,
 )
 
+# Multimodal prompts: each PROMPT_SLOT in a reset's instruction stands for one image of its
+# PROMPT_IMAGES array, in order (the same marker as envs.spec.PROMPT_SLOT; this module stays
+# free of envs). A server announces the image shape in metadata, or nil for text only.
+PROMPT_IMAGES = "prompt_images"
+PROMPT_SLOT = "{image}"
+
 NDARRAY_TAG = "__ndarray__"
 # Plain numeric dtypes only: no object, string or structured dtypes ever come off the wire.
 ALLOWED_DTYPES = frozenset({
@@ -176,21 +182,55 @@ class ArraySpec:
     shape: tuple[int, ...]
     dtype: str
 
-    def check(self, key: str, value: Any) -> np.ndarray:
-        """Return `value` if it matches, else raise ProtocolError naming key, got, expected."""
+    def check(self, key: str, value: Any, what: str | None = None) -> np.ndarray:
+        """Return `value` if it matches, else raise ProtocolError naming key, got, expected.
+        `what` names the value in messages (default ``observation['<key>']``)."""
+        what = what or f"observation[{key!r}]"
         if not isinstance(value, np.ndarray):
-            raise ProtocolError(E_BAD_NDARRAY, f"observation[{key!r}] is a "
-                                               f"{type(value).__name__}; expected an ndarray "
-                                               f"map of {self.dtype} {list(self.shape)}")
+            raise ProtocolError(E_BAD_NDARRAY, f"{what} is a {type(value).__name__}; expected "
+                                               f"an ndarray map of {self.dtype} "
+                                               f"{list(self.shape)}")
         if value.dtype.name != self.dtype:
-            raise ProtocolError(E_BAD_DTYPE, f"observation[{key!r}] has dtype "
-                                             f"{value.dtype.name}; expected {self.dtype}")
+            raise ProtocolError(E_BAD_DTYPE, f"{what} has dtype {value.dtype.name}; expected "
+                                             f"{self.dtype}")
         if tuple(value.shape) != self.shape:
-            raise ProtocolError(E_BAD_SHAPE, f"observation[{key!r}] has shape "
-                                             f"{list(value.shape)}; expected {list(self.shape)}")
+            raise ProtocolError(E_BAD_SHAPE, f"{what} has shape {list(value.shape)}; expected "
+                                             f"{list(self.shape)}")
         if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
-            raise ProtocolError(E_BAD_VALUE, f"observation[{key!r}] has non-finite values")
+            raise ProtocolError(E_BAD_VALUE, f"{what} has non-finite values")
         return value
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """The image prompts a server's policy reads: `reset` may carry one image of `shape` and
+    `dtype` per `slot` marker in its instruction, at most `max_images` of them."""
+
+    shape: tuple[int, ...]  # one image, (S, S, 3)
+    dtype: str
+    max_images: int
+    slot: str = PROMPT_SLOT
+
+    @property
+    def image(self) -> ArraySpec:
+        return ArraySpec(tuple(self.shape), self.dtype)
+
+    def slots(self, instruction: str) -> int:
+        """How many images `instruction` refers to."""
+        return instruction.count(self.slot)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "dtype": self.dtype, "max_images": self.max_images,
+                "slot": self.slot}
+
+    @classmethod
+    def from_wire(cls, wire: Any) -> PromptSpec | None:
+        """None for nil or an absent key (a text-only policy, or a server from before image
+        prompts existed)."""
+        if wire is None:
+            return None
+        return cls(shape=tuple(int(s) for s in wire["shape"]), dtype=str(wire["dtype"]),
+                   max_images=int(wire["max_images"]), slot=str(wire.get("slot", PROMPT_SLOT)))
 
 
 @dataclass(frozen=True)
@@ -207,6 +247,9 @@ class BridgeMetadata:
     checkpoint_sha256: str
     max_message_bytes: int
     max_instruction_chars: int | None = None  # None: a server from before the limit existed
+    # The image prompts `reset` accepts; None: the policy reads text only (or the server is
+    # from before image prompts), so an instruction with PROMPT_SLOT is refused.
+    prompt_images: PromptSpec | None = None
     protocol_version: int = PROTOCOL_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. camera, renderer, task
 
@@ -220,6 +263,7 @@ class BridgeMetadata:
         wire["observation"] = {k: {"shape": list(v.shape), "dtype": v.dtype}
                                for k, v in self.observation.items()}
         wire["state_names"] = list(self.state_names)
+        wire[PROMPT_IMAGES] = None if self.prompt_images is None else self.prompt_images.to_wire()
         return wire
 
     @classmethod
@@ -239,6 +283,7 @@ class BridgeMetadata:
                 max_message_bytes=int(wire["max_message_bytes"]),
                 max_instruction_chars=(None if wire.get("max_instruction_chars") is None
                                        else int(wire["max_instruction_chars"])),
+                prompt_images=PromptSpec.from_wire(wire.get(PROMPT_IMAGES)),
                 protocol_version=int(wire["protocol_version"]),
                 extra=dict(wire.get("extra") or {}),
             )

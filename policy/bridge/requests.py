@@ -8,9 +8,9 @@ time in msgpack's object hook. So a frame is read in two steps, both with bounde
    every value in C except the `id` (a scalar), recording where each value lies. Whatever
    fails later, the reply can carry the id; when even this step fails, the id is carried
    if it came before the failure.
-2. `Envelope.kind / instruction / observation` decode only the values the schema asks for,
-   checking each value's msgpack type from its first byte before building anything, so a
-   peer can never make the server build objects it will not use.
+2. `Envelope.kind / instruction / prompt_images / observation` decode only the values the
+   schema asks for, checking each value's msgpack type from its first byte before building
+   anything, so a peer can never make the server build objects it will not use.
 
 Everything here is torch-free and runs on the event loop; docs/PROTOCOL.md lists the limits.
 """
@@ -171,6 +171,64 @@ class Envelope:
                                                  f"expected {expected}")
         return text
 
+    def prompt_images(self, spec: P.PromptSpec | None, instruction: str) -> np.ndarray | None:
+        """`reset`'s images, one per slot of `instruction`, stacked (n, *spec.shape); None for
+        an instruction without slots. `spec` None: the policy reads text only, so slots and
+        images are both refused. The count is checked against the slots and `max_images`
+        before any image is decoded; nil or an empty array count as no images."""
+        key = P.PROMPT_IMAGES
+        cursor: _Cursor | None = None
+        sent, got = 0, "is absent"
+        if key in self.spans:
+            cursor = self._cursor(key)
+            kind = cursor.kind()
+            got = "is nil"
+            if kind == "array":
+                sent = cursor.array_len()
+                got = f"has {sent} image(s)"
+            elif kind != "nil":
+                slot = spec.slot if spec is not None else P.PROMPT_SLOT
+                raise P.ProtocolError(P.E_BAD_MESSAGE, f"reset {key!r} is a msgpack {kind}; "
+                                                       "expected an array of ndarray maps, one "
+                                                       f"per {slot!r} in the instruction")
+        if spec is None:
+            slots = instruction.count(P.PROMPT_SLOT)
+            text_only = (f"this server's policy reads text prompts only (metadata {key!r} is "
+                         "nil)")
+            if slots:
+                raise P.ProtocolError(P.E_BAD_VALUE, f"reset 'instruction' "
+                                                     f"{P.brief(instruction)} shows {slots} "
+                                                     f"object(s) by image ({P.PROMPT_SLOT!r}); "
+                                                     f"{text_only}")
+            if sent:
+                raise P.ProtocolError(P.E_BAD_VALUE, f"reset {key!r} has {sent} image(s); "
+                                                     f"{text_only}: send none")
+            return None
+        slots = spec.slots(instruction)
+        image = spec.image
+        one = f"one {image.dtype} {list(image.shape)} image per {spec.slot!r}, in order"
+        if slots > spec.max_images:
+            raise P.ProtocolError(P.E_BAD_VALUE, f"reset 'instruction' {P.brief(instruction)} "
+                                                 f"has {slots} {spec.slot!r} slots; expected at "
+                                                 f"most {spec.max_images} (metadata {key!r} "
+                                                 "max_images)")
+        if sent > spec.max_images:
+            raise P.ProtocolError(P.E_BAD_VALUE, f"reset {key!r} has {sent} images; expected at "
+                                                 f"most {spec.max_images} (metadata {key!r} "
+                                                 f"max_images), {one}")
+        if sent != slots:
+            raise P.ProtocolError(P.E_BAD_VALUE, f"reset {key!r} {got}; the instruction "
+                                                 f"{P.brief(instruction)} has {slots} "
+                                                 f"{spec.slot!r} slot(s): expected {one}")
+        if not slots:
+            return None
+        assert cursor is not None
+        images = []
+        for i in range(sent):
+            what = f"reset {key!r}[{i}]"
+            images.append(image.check(what, _ndarray(cursor, what, image), what))
+        return np.stack(images)
+
     def observation(self, specs: dict[str, P.ArraySpec]) -> dict[str, np.ndarray]:
         """The arrays `specs` names, each checked against its spec; other keys are skipped."""
         if "observation" not in self.spans:
@@ -187,7 +245,9 @@ class Envelope:
         for _ in range(n):
             key = cursor.value() if cursor.kind() == "str" else cursor.skip()
             if key in specs and key not in observation:
-                observation[key] = specs[key].check(key, _ndarray(cursor, key, specs[key]))
+                what = f"observation[{key!r}]"
+                observation[key] = specs[key].check(key, _ndarray(cursor, what, specs[key]),
+                                                    what)
             else:
                 cursor.skip()
         for key in specs:
@@ -197,9 +257,9 @@ class Envelope:
         return observation
 
 
-def _ndarray(cursor: _Cursor, key: str, spec: P.ArraySpec) -> np.ndarray:
-    """One array map, read field by field with every size checked before it is built."""
-    what = f"observation[{key!r}]"
+def _ndarray(cursor: _Cursor, what: str, spec: P.ArraySpec) -> np.ndarray:
+    """One array map, read field by field with every size checked before it is built;
+    `what` names it in error messages (e.g. ``observation['image']``)."""
     expected = f"an ndarray map of {spec.dtype} {list(spec.shape)}"
     kind = cursor.kind()
     if kind != "map":

@@ -12,6 +12,9 @@ so integrating a real arm means writing one class:
             # camera frame: uint8 (H, W, 3) RGB at the shape in bridge.metadata.observation
             # state: float32 (8,) in envs.spec.STATE_NAMES order (ee xyz in metres, ee
             #        quaternion xyzw, gripper width in metres), same frame as training
+            # prompt_images: only for an instruction that shows objects by image ("pick up
+            #        the {image}"): uint8 (n, S, S, 3) crops, the first one per slot in order
+            #        (shape in bridge.metadata.prompt_images); sent once, with reset
         def command(self, action) -> None:
             # scale by the action spec's units (x/y/z: metres per unit, roll/pitch/yaw:
             # radians per unit), send an end-effector delta to the controller, set gripper
@@ -142,7 +145,7 @@ def control_loop(robot: Robot, bridge: BridgeClient, control_hz: float, episodes
         instruction = robot.start_episode()
         if episode == 0:
             check_observation_fits(bridge, robot.observe())
-        bridge.reset(instruction)
+        bridge.reset(instruction, episode_prompt(bridge, instruction, robot.observe()))
         steps = late = timeouts = 0
         round_trips: list[float] = []
         server_ms: list[float] = []
@@ -194,6 +197,21 @@ def check_observation_fits(bridge: BridgeClient, observation: dict[str, Any]) ->
                              f"{list(spec.shape)}")
 
 
+def episode_prompt(bridge: BridgeClient, instruction: str,
+                   observation: dict[str, Any]) -> np.ndarray | None:
+    """The crops `reset` sends for `instruction`: observation["prompt_images"][:n] for its n
+    slots ("pick up the {image}"), None for a text-only instruction. The server checks
+    shape, dtype and count (and refuses slots when its policy reads text only)."""
+    spec = bridge.metadata.prompt_images
+    slots = instruction.count(spec.slot if spec is not None else P.PROMPT_SLOT)
+    if not slots:
+        return None
+    if observation.get(P.PROMPT_IMAGES) is None:
+        raise ValueError(f"instruction {instruction!r} shows {slots} object(s) by image, but the "
+                         f"robot's observation has no {P.PROMPT_IMAGES!r}")
+    return np.asarray(observation[P.PROMPT_IMAGES])[:slots]
+
+
 def run_sim_robot(url: str, *, token: str | None = None, task: str = "pick",
                   split: str = "seen", episodes: int = 3, seed_start: int | None = None,
                   control_hz: float | None = None, max_steps: int | None = None,
@@ -201,7 +219,9 @@ def run_sim_robot(url: str, *, token: str | None = None, task: str = "pick",
                   ) -> RobotReport:
     """The simulated robot: build the PyBullet env at the image size the server expects,
     refuse a server whose action spec or camera differs from the env's, run the episodes.
-    `control_hz` None uses the rate the server's checkpoint was trained at."""
+    `control_hz` None uses the rate the server's checkpoint was trained at. On a split with
+    visual prompts (e.g. "visual_prompt") the env renders crops at the size the server
+    announces and each reset sends them; a server whose policy reads text only is refused."""
     import envs  # imported here: the bridge package itself stays free of the simulator
     from envs.spec import EVAL_SEED_START
 
@@ -211,12 +231,20 @@ def run_sim_robot(url: str, *, token: str | None = None, task: str = "pick",
         if image is None or len(image.shape) != 3 or image.shape[0] != image.shape[1]:
             raise ValueError(f"server expects image {image}; this simulated robot renders "
                              "square (S, S, 3) uint8 frames")
+        prompt = bridge.metadata.prompt_images
         # a server whose policy reads the wrist camera announces "wrist_image" too
         env = envs.make_env(task=task, split=split, image_size=image.shape[0],
                             max_steps=max_steps,
-                            wrist_camera="wrist_image" in bridge.metadata.observation)
+                            wrist_camera="wrist_image" in bridge.metadata.observation,
+                            **({} if prompt is None
+                               else {"prompt_image_size": prompt.shape[0]}))
         try:
             described = env.describe()
+            if described.get(P.PROMPT_IMAGES) is not None and prompt is None:
+                raise ValueError(f"split {split!r} shows objects by image, and the server's "
+                                 "policy reads text prompts only (metadata prompt_images is "
+                                 "nil); use a text split or serve a checkpoint trained with "
+                                 "policy.prompt_images=true")
             problem = P.action_spec_mismatch(bridge.metadata.action_spec,
                                              described["action_spec"])
             if problem:

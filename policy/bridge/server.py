@@ -36,7 +36,14 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from . import protocol as P
-from .requests import Envelope, RequestError, peek_id, peek_text_id, read_envelope
+from .requests import (
+    MAX_ID_CHARS,
+    Envelope,
+    RequestError,
+    peek_id,
+    peek_text_id,
+    read_envelope,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +51,11 @@ TOKEN_ENV = P.TOKEN_ENV
 
 
 class Session(Protocol):
-    """One robot's view of the policy: its own instruction and frame history."""
+    """One robot's view of the policy: its own instruction and frame history. A session of a
+    policy that reads image prompts (ServedPolicy.prompt_images set) is reset with
+    ``reset(instruction, prompt_images)``: uint8 (n, S, S, 3), one image per slot of the
+    instruction, or None for an instruction without slots; a text-only one with
+    ``reset(instruction)``."""
 
     def reset(self, instruction: str) -> None: ...
 
@@ -64,6 +75,8 @@ class ServedPolicy:
     control_hz: float
     checkpoint_sha256: str
     extra: dict[str, Any] = field(default_factory=dict)
+    # The image prompts `reset` accepts (shape of one crop, how many); None: text only.
+    prompt_images: P.PromptSpec | None = None
 
 
 @dataclass
@@ -115,6 +128,40 @@ def check_listen(host: str, port: int, token: str | None, token_env: str) -> str
     return token
 
 
+def largest_requests(metadata: P.BridgeMetadata) -> dict[str, int]:
+    """Bytes of the largest valid `reset` (the longest instruction of 4-byte characters, a
+    maximal string id and, for a policy that reads image prompts, max_images images) and the
+    largest valid `act` (every observation array) this metadata allows."""
+    def arrays(specs: list[P.ArraySpec]) -> list[np.ndarray]:
+        return [np.zeros(spec.shape, spec.dtype) for spec in specs]
+
+    request_id = "i" * MAX_ID_CHARS
+    reset: dict[str, Any] = {"id": request_id, "type": P.RESET,
+                             "instruction": "\U0001f916" * (metadata.max_instruction_chars or 1)}
+    prompt = metadata.prompt_images
+    if prompt is not None:
+        reset[P.PROMPT_IMAGES] = arrays([prompt.image] * prompt.max_images)
+    act = {"id": request_id, "type": P.ACT,
+           "observation": dict(zip(metadata.observation,
+                                   arrays(list(metadata.observation.values())), strict=True))}
+    return {P.RESET: len(P.pack(reset)), P.ACT: len(P.pack(act))}
+
+
+def check_message_limit(metadata: P.BridgeMetadata) -> None:
+    """Refuse a max_message_bytes that would answer a valid request with `too_large`."""
+    prompt = metadata.prompt_images
+    holds = {P.RESET: "the longest instruction", P.ACT: f"the observation "
+                                                       f"{sorted(metadata.observation)}"}
+    if prompt is not None:
+        holds[P.RESET] += (f" and {prompt.max_images} prompt images of {prompt.dtype} "
+                           f"{list(prompt.shape)}")
+    for kind, size in largest_requests(metadata).items():
+        if size > metadata.max_message_bytes:
+            raise ValueError(f"server.max_message_bytes={metadata.max_message_bytes} cannot "
+                             f"hold a valid {kind!r} request: {holds[kind]} take {size} "
+                             "bytes; raise server.max_message_bytes")
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -155,7 +202,9 @@ class PolicyServer:
             observation=served.observation, state_names=tuple(served.state_names),
             control_hz=float(served.control_hz), checkpoint_sha256=served.checkpoint_sha256,
             max_message_bytes=self.config.max_message_bytes,
-            max_instruction_chars=self.config.max_instruction_chars, extra=served.extra)
+            max_instruction_chars=self.config.max_instruction_chars,
+            prompt_images=served.prompt_images, extra=served.extra)
+        check_message_limit(self.metadata)
         self._metadata_bytes = P.pack(self.metadata.to_wire())
         self._n_actions = len(served.action_spec["dims"])
         self._connections: dict[int, _Connection] = {}
@@ -274,10 +323,12 @@ class PolicyServer:
                      received: float) -> dict[str, Any]:
         # A reset refused here leaves the running episode as it was.
         instruction = envelope.instruction(self.config.max_instruction_chars)
+        prompt = self.served.prompt_images
+        images = envelope.prompt_images(prompt, instruction)
         decoded = time.perf_counter()
         try:
             started, infer_s = await self._run(conn.worker, self._reset_session, conn.session,
-                                               instruction)
+                                               instruction, images, prompt is not None)
         except P.ProtocolError:
             # The policy failed half-way: its history is unknown, so the episode is over and
             # `act` answers not_reset until a reset succeeds.
@@ -288,10 +339,14 @@ class PolicyServer:
                 "server_timing": self._timing(received, decoded, started, infer_s)}
 
     @staticmethod
-    def _reset_session(session: Session, instruction: str) -> tuple[float, float]:
+    def _reset_session(session: Session, instruction: str, images: np.ndarray | None,
+                       reads_prompts: bool) -> tuple[float, float]:
         started = time.perf_counter()  # on the worker thread, like _infer
         try:
-            session.reset(instruction)
+            if reads_prompts:
+                session.reset(instruction, images)  # type: ignore[call-arg]
+            else:
+                session.reset(instruction)
         except Exception as err:
             log.exception("policy reset failed")
             raise P.ProtocolError(P.E_POLICY, f"policy reset failed: {err!r}") from None

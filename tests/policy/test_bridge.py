@@ -716,13 +716,21 @@ def test_protocol_doc_byte_examples_match_the_encoder() -> None:
     blocks = [b.split("```", 1)[0] for b in doc.split("```\n")[1:]]
     hex_blocks = [bytes.fromhex(" ".join(b.split())) for b in blocks
                   if b.strip() and all(len(t) == 2 for t in b.split())]
-    assert len(hex_blocks) == 2
+    assert len(hex_blocks) == 3
     assert P.unpack(hex_blocks[0]) == {"id": 1, "type": "reset",
                                        "instruction": "pick up the red block"}
     assert hex_blocks[0] == P.pack({"id": 1, "type": "reset",
                                     "instruction": "pick up the red block"})
     array = np.array([0.0, 1.0], dtype=np.float32)
     assert hex_blocks[1] == msgpack.packb(P.encode_ndarray(array), use_bin_type=True)
+    # a reset with one image prompt: the bytes before its 3072 pixel bytes
+    crop = np.arange(32 * 32 * 3, dtype=np.int64).astype(np.uint8).reshape(32, 32, 3)
+    message = {"id": 3, "type": "reset", "instruction": "pick up the {image}",
+               "prompt_images": [crop]}
+    assert len(hex_blocks[2]) == 107 and "these 107 bytes are followed by the 3072" in doc
+    assert hex_blocks[2] + crop.tobytes() == P.pack(message)
+    decoded = P.unpack(hex_blocks[2] + crop.tobytes())
+    np.testing.assert_array_equal(decoded["prompt_images"][0], crop)
 
 
 def test_protocol_doc_examples_match_the_reference_checkpoint() -> None:
