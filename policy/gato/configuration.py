@@ -54,6 +54,12 @@ class GatoConfig(PolicyConfig):
     # > 0: weight of an auxiliary training loss from a frame-mean head over each step's
     # observation tokens (not the action tokens); acting stays per-token. 0 = off
     aux_frame_mean: float = 0.0
+    # > 0: weight of an auxiliary grounding loss (not in Gato): from
+    # the instruction's tokens, score every image patch of each frame and predict the one
+    # that holds the named object (and the second object of place, stack and move_near). The
+    # labels are the objects' pixels from the simulator, stored at collection
+    # (collect.object_pixels=true). Needs image_tokenizer='patches'. 0 = off
+    grounding_loss: float = 0.0
 
     def __post_init__(self) -> None:
         self.conv_channels = tuple(int(c) for c in self.conv_channels)
@@ -73,6 +79,12 @@ class GatoConfig(PolicyConfig):
         if self.aux_frame_mean > 0 and self.readout != "per_token":
             raise ValueError(f"aux_frame_mean={self.aux_frame_mean} needs readout='per_token' "
                              f"(got {self.readout!r}): frame_mean already reads the frame mean")
+        if not math.isfinite(self.grounding_loss) or self.grounding_loss < 0:
+            raise ValueError(f"grounding_loss={self.grounding_loss}; expected a finite weight "
+                             ">= 0 (0: off)")
+        if self.grounding_loss > 0 and self.image_tokenizer != "patches":
+            raise ValueError(f"grounding_loss={self.grounding_loss} needs image_tokenizer="
+                             f"'patches' (got {self.image_tokenizer!r}): it scores image patches")
         if self.image_tokenizer == "rt1_tokens":
             self._check_rt1_tokens()
         if not self.text_in_sequence:

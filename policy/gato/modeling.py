@@ -64,14 +64,16 @@ recomputation over the whole episode under the same mask (tested).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from envs.spec import INSTRUCTION, STATE_NAMES, ActionSpec
+from envs.spec import INSTRUCTION, OBJECT_PIXELS, STATE_NAMES, ActionSpec
 from policy.base import Policy
 from policy.gato.configuration import GatoConfig
 from policy.registry import register_policy
@@ -168,6 +170,13 @@ class GatoPolicy(Policy):
         # aux_frame_mean: a training-only head over the mean of a step's observation tokens
         self.aux_head = (nn.Linear(c.d_model, c.action_bins * self.n_actions)
                          if c.aux_frame_mean > 0 else None)
+        # grounding_loss: queries for the named object and the second one from the
+        # instruction's tokens, keys from each frame's patch outputs (training only)
+        self.n_image = n_image
+        self.ground_query = (nn.Linear(c.d_model, 2 * c.d_model)
+                             if c.grounding_loss > 0 else None)
+        self.ground_key = nn.Linear(c.d_model, c.d_model) if c.grounding_loss > 0 else None
+        self._ground_metrics: tuple[torch.Tensor, dict[str, float]] | None = None
         if c.pretrained_backbone:
             load_backbone(self.image_tokenizer if c.image_tokenizer == "patches"
                           else self.image_tokenizer.backbone, c.pretrained_backbone)
@@ -263,9 +272,53 @@ class GatoPolicy(Policy):
         image, state, action, valid = self._unpack(batch)
         targets = self.action_tokenizer.encode(action)  # (B, T, A)
         prompt = self.unpack_prompt(batch) if self.reads_prompt_images else None
-        logits, aux = self.sequence_outputs(image, state, targets, valid, batch[INSTRUCTION],
-                                            prompt)
+        logits, aux, query, patches = self._sequence(image, state, targets, valid,
+                                                     batch[INSTRUCTION], prompt)
+        if self.ground_query is not None and self.training:
+            self._ground_metrics = self.grounding(query, patches, batch, valid, image.shape[2])
         return logits, aux, targets, valid
+
+    def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Policy.forward, plus grounding_loss's term when training with it on."""
+        self._ground_metrics = None
+        loss, metrics = super().forward(batch)
+        if self._ground_metrics is not None:
+            ground, extra = self._ground_metrics
+            self._ground_metrics = None
+            loss = loss + self.config.grounding_loss * ground
+            metrics.update(extra, loss=loss.item())
+        return loss, metrics
+
+    def grounding(self, query: torch.Tensor, patches: torch.Tensor, batch: Mapping[str, Any],
+                  valid: torch.Tensor, image_px: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """grounding_loss's cross-entropy over each frame's patches, and its accuracy.
+
+        query (B, d): the mean of the instruction's tokens; patches (B, T, P, d): the
+        transformer's outputs at each frame's patch tokens; labels: batch["object_pixels"]
+        (B, T, 2, 2), (u, v) pixels of the named and the second object in the camera image
+        (NaN where a task has no second object), mapped to the patch that holds them at model
+        resolution. The random shift moves the image by a few pixels that the labels do not
+        follow: label noise of at most augment_shift px, under a quarter of a 16 px patch."""
+        if OBJECT_PIXELS not in batch:
+            raise KeyError(f"batch lacks {OBJECT_PIXELS!r}: grounding_loss needs a store "
+                           "collected with collect.object_pixels=true")
+        c = self.config
+        size = c.resize_to or image_px
+        grid = size // c.patch_size
+        pix = batch[OBJECT_PIXELS].to(self.device).float() * (size / image_px)  # (B, T, 2, 2)
+        cell = torch.div(pix, c.patch_size, rounding_mode="floor")
+        inside = (torch.isfinite(pix).all(-1) & (pix >= 0).all(-1) & (pix < size).all(-1)
+                  & valid[..., None])  # (B, T, 2)
+        label = (cell[..., 1] * grid + cell[..., 0]).nan_to_num(0).long().clamp(0, grid * grid - 1)
+        q = rearrange(self.ground_query(query), "b (o d) -> b o d", o=2)
+        k = self.ground_key(patches)  # (B, T, P, d)
+        scores = torch.einsum("bod,btpd->btop", q, k) / math.sqrt(q.shape[-1])  # (B, T, 2, P)
+        if not bool(inside.any()):
+            zero = scores.sum() * 0.0  # keeps the graph (DDP) without a label to learn from
+            return zero, {"grounding_loss": 0.0, "grounding_acc": float("nan")}
+        ce = F.cross_entropy(scores[inside].float(), label[inside])
+        acc = (scores[inside].argmax(-1) == label[inside]).float().mean()
+        return ce, {"grounding_loss": ce.item(), "grounding_acc": acc.item()}
 
     def sequence_logits(self, image: torch.Tensor, state: torch.Tensor, targets: torch.Tensor,
                         valid: torch.Tensor, instructions: Sequence[str],
@@ -291,8 +344,17 @@ class GatoPolicy(Policy):
         """Teacher-forced logits (B, T, A, K) and aux_frame_mean's logits (B, T, A, K) from
         the mean of each step's observation tokens (None when the option is off).
         ``prompt``: uint8 (B, K, S, S, 3) crops, for a policy that reads prompt images."""
+        return self._sequence(image, state, targets, valid, instructions, prompt)[:2]
+
+    def _sequence(self, image: torch.Tensor, state: torch.Tensor, targets: torch.Tensor,
+                  valid: torch.Tensor, instructions: Sequence[str],
+                  prompt: torch.Tensor | None = None) -> tuple[torch.Tensor | None, ...]:
+        """sequence_outputs, plus what grounding_loss reads: the mean of the instruction's
+        tokens (B, d) and the outputs at each frame's image tokens (B, T, P, d)."""
         b, t = image.shape[:2]
         text, text_mask, cond = self.text_tokens(instructions)  # (B, L, d), (B, L)
+        weights = text_mask[..., None].to(text.dtype)
+        query = (text * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, d)
         step_text = text if self.per_step_text else None
         if not self.text_in_sequence:  # per_step, or FiLM alone carries the text: no prefix
             text, text_mask = text[:, :0], text_mask[:, :0]
@@ -312,13 +374,15 @@ class GatoPolicy(Policy):
         mask = window_mask(k_step, pos, k_step, pos, k_valid, self.config.history)
         h = self.transformer(x, mask)[:, length:]  # (B, T * step_len, d)
         h = rearrange(h, "b (t n) d -> b t n d", t=t)
+        patches = h[:, :, :self.n_image]
         if self.frame_mean:
-            return self.frame_logits(h), None  # (B, T, A, K)
+            return self.frame_logits(h), None, query, patches  # (B, T, A, K)
         # the observation tokens (image, state, text, separator), never the action tokens
         aux = (None if self.aux_head is None
                else self.frame_logits(h[:, :, :self.obs_len + 1], self.aux_head))
         # outputs at the separator and a_0..a_{A-2} predict a_0..a_{A-1}
-        return self.head(h[:, :, self.obs_len:self.obs_len + self.n_actions]), aux
+        return (self.head(h[:, :, self.obs_len:self.obs_len + self.n_actions]), aux, query,
+                patches)
 
     @property
     def aux_loss_weight(self) -> float:
