@@ -122,6 +122,23 @@ class FrontCamera:
         eye = np.asarray(self.config.eye) + offsets[:3]
         target = np.asarray(self.config.target) + offsets[3:]
         self.view = p.computeViewMatrix(eye.tolist(), target.tolist(), list(self.config.up))
+        # Column-major 4x4 lists, as pybullet takes them: transposed into row-major arrays.
+        self._view_proj = (np.asarray(self.proj, dtype=np.float64).reshape(4, 4).T
+                           @ np.asarray(self.view, dtype=np.float64).reshape(4, 4).T)
+
+    def project(self, points: np.ndarray) -> np.ndarray:
+        """Where this camera (this episode's jitter included) draws world points (..., 3):
+        float64 (..., 2) of (u, v) = (column, row) in pixels of its image, continuous, pixel
+        (r, c) covering [c, c + 1) x [r, r + 1). The same view and projection matrices
+        `render` draws with; a point outside the frame keeps its projected value (< 0 or
+        beyond the width or height), a NaN point stays NaN."""
+        pts = np.asarray(points, dtype=np.float64)
+        homo = np.concatenate([pts, np.ones((*pts.shape[:-1], 1))], axis=-1)
+        clip = homo @ self._view_proj.T
+        ndc = clip[..., :2] / clip[..., 3:4]
+        u = (ndc[..., 0] + 1.0) / 2.0 * self.config.width
+        v = (1.0 - ndc[..., 1]) / 2.0 * self.config.height  # image rows run down
+        return np.stack([u, v], axis=-1)
 
     def render(self, client: int, light: Lighting) -> np.ndarray:
         return _render(client, self.config.width, self.config.height, self.view, self.proj,

@@ -46,6 +46,7 @@ from envs.spec import (
     EVAL_SEED_START,
     IMAGE,
     INSTRUCTION,
+    OBJECT_PIXELS,
     PROMPT_IMAGES,
     STATE,
     WRIST_IMAGE,
@@ -90,6 +91,12 @@ class CollectConfig:
     # pixels and episodes as without it; rendering with pybullet's segmentation buffer costs
     # a little more per frame (docs/experiments/2026-11-30-competence.md, section 8).
     background_mask: bool = False
+    # Store per frame where the front image shows the centres of the task's named objects
+    # (data/object_pixels float32 (N, 2, 2): [target, second object] x (u, v) pixels, NaN
+    # without a second object; TabletopEnv.object_pixels), labels for grounding losses.
+    # Privileged: read from the simulator, never part of an observation. Same pixels and
+    # episodes as without it.
+    object_pixels: bool = False
     max_steps: int | None = None  # None: the task's own limit
     noise_std: float = 0.15  # DART noise std, normalized action units
     noise_dims: tuple[str, ...] = ("x", "y", "z")
@@ -247,9 +254,12 @@ def draw_fault(cfg: CollectConfig, seed: int, task: str) -> GraspFault | None:
 
 
 def rollout(env: Any, seed: int, task: str, split: str, noise_std: float,
-            noise_dims: Sequence[str], fault: GraspFault | None = None) -> Rollout:
+            noise_dims: Sequence[str], fault: GraspFault | None = None,
+            object_pixels: bool = False) -> Rollout:
     """Run the env's oracle from reset(seed) until it terminates or the step limit; with a
-    `fault`, its override of the executed gripper applies after the DART noise."""
+    `fault`, its override of the executed gripper applies after the DART noise. With
+    `object_pixels`, each frame's `env.unwrapped.object_pixels()` goes into the episode
+    (read in the state that frame shows)."""
     t0 = time.perf_counter()
     spec = DEFAULT_ACTION_SPEC
     dims = np.array([spec.index(d) for d in noise_dims], dtype=np.int64)
@@ -258,7 +268,7 @@ def rollout(env: Any, seed: int, task: str, split: str, noise_std: float,
     instruction = obs[INSTRUCTION]
     prompt = prompt_fields(env, obs)
     frames: dict[str, list[np.ndarray]] = {IMAGE: [], WRIST_IMAGE: [], BACKGROUND_MASK: []}
-    states, labels, executed = [], [], []
+    states, labels, executed, pixels = [], [], [], []
     success = False
     while True:
         label = np.asarray(env.unwrapped.oracle_action(), dtype=np.float32)
@@ -273,6 +283,8 @@ def rollout(env: Any, seed: int, task: str, split: str, noise_std: float,
             frames[WRIST_IMAGE].append(obs[WRIST_IMAGE])
         if BACKGROUND_MASK in obs:
             frames[BACKGROUND_MASK].append(obs[BACKGROUND_MASK])
+        if object_pixels:
+            pixels.append(env.unwrapped.object_pixels())
         states.append(np.asarray(obs[STATE], dtype=np.float32))
         labels.append(label)
         executed.append(act)
@@ -285,6 +297,7 @@ def rollout(env: Any, seed: int, task: str, split: str, noise_std: float,
         wrist_image=np.stack(frames[WRIST_IMAGE]) if frames[WRIST_IMAGE] else None,
         background_mask=(np.stack(frames[BACKGROUND_MASK]) if frames[BACKGROUND_MASK]
                          else None),
+        object_pixels=np.stack(pixels) if object_pixels else None,
         state=np.stack(states),
         action=np.stack(labels),
         executed_action=np.stack(executed),
@@ -298,21 +311,27 @@ def rollout(env: Any, seed: int, task: str, split: str, noise_std: float,
     return Rollout(episode, success, len(labels), time.perf_counter() - t0)
 
 
-def replay(env: Any, episode: Episode) -> Episode:
+def replay(env: Any, episode: Episode, object_pixels: bool | None = None) -> Episode:
     """Re-run a stored episode: reset with its seed, step its executed actions.
 
     Returns the episode as re-observed (labels from the oracle at each replayed state); a
-    deterministic env reproduces the stored frames and states exactly.
+    deterministic env reproduces the stored frames and states exactly. `object_pixels`:
+    record each frame's object pixels (TabletopEnv.object_pixels); None: when the stored
+    episode has them (True adds them to an episode collected without them).
     """
+    if object_pixels is None:
+        object_pixels = episode.object_pixels is not None
     obs, _ = env.reset(seed=episode.seed)
     prompt = prompt_fields(env, obs)
-    frames, wrist, masks, states, labels = [], [], [], [], []
+    frames, wrist, masks, states, labels, pixels = [], [], [], [], [], []
     for t, act in enumerate(episode.executed_action):
         frames.append(obs[IMAGE])
         if WRIST_IMAGE in obs:
             wrist.append(obs[WRIST_IMAGE])
         if BACKGROUND_MASK in obs:
             masks.append(obs[BACKGROUND_MASK])
+        if object_pixels:
+            pixels.append(env.unwrapped.object_pixels())
         states.append(np.asarray(obs[STATE], dtype=np.float32))
         labels.append(np.asarray(env.unwrapped.oracle_action(), dtype=np.float32))
         obs, _, terminated, truncated, info = env.step(act)
@@ -322,6 +341,7 @@ def replay(env: Any, episode: Episode) -> Episode:
     return Episode(
         image=np.stack(frames), wrist_image=np.stack(wrist) if wrist else None,
         background_mask=np.stack(masks) if masks else None,
+        object_pixels=np.stack(pixels) if object_pixels else None,
         state=np.stack(states), action=np.stack(labels),
         executed_action=episode.executed_action, instruction=obs[INSTRUCTION],
         task=episode.task, split=episode.split, seed=episode.seed,
@@ -438,6 +458,7 @@ def run_worker(cfg: CollectConfig, global_worker: int, quota: int, skip: set[int
             image_shape=first["image_shape"], image_keys=image_keys,
             chunk_frames=cfg.chunk_frames,
             mask_keys=[BACKGROUND_MASK] if cfg.background_mask else [],
+            privileged_keys=[OBJECT_PIXELS] if cfg.object_pixels else [],
             prompt_image_size=prompt_image_size(next(iter(envs_by_task.values()))),
         )
         limit = int(cfg.max_attempts_factor * quota) + 10
@@ -450,7 +471,7 @@ def run_worker(cfg: CollectConfig, global_worker: int, quota: int, skip: set[int
             if seed in skip:
                 continue
             ro = rollout(envs_by_task[task], seed, task, cfg.split, cfg.noise_std,
-                         cfg.noise_dims, draw_fault(cfg, seed, task))
+                         cfg.noise_dims, draw_fault(cfg, seed, task), cfg.object_pixels)
             keep = ro.success or cfg.keep_failures
             t0 = time.perf_counter()
             if keep:

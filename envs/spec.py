@@ -31,6 +31,12 @@ WRIST_IMAGE = "wrist_image"
 # background, 0 on the robot and the objects (collect.background_mask; training-time
 # background augmentation, policy/background.py). Never part of an observation a policy acts on.
 BACKGROUND_MASK = "background_mask"
+# Optional per-frame float32 (2, 2): where the front camera sees the centres of the task's
+# named objects, [target, second object] x (u, v) = (column, row) in pixels of the front
+# image, NaN for a task without a second object (TabletopEnv.object_pixels;
+# collect.object_pixels; labels for grounding losses). Privileged simulator state: never
+# part of an observation a policy acts on.
+OBJECT_PIXELS = "object_pixels"
 STATE = "state"
 INSTRUCTION = "instruction"
 ACTION = "action"

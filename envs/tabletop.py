@@ -40,6 +40,7 @@ from envs.catalog import (
     TABLE_COLOURS,
     TABLE_TEXTURES,
     load_object_set,
+    object_position,
 )
 from envs.physics import PhysicsConfig
 from envs.prompts import PromptStudio, StudioConfig
@@ -267,6 +268,28 @@ class TabletopEnv(gym.Env):
         if self.robot is None:
             raise RuntimeError("call reset() before oracle_action()")
         return np.clip(self.task.oracle(self), -1.0, 1.0).astype(np.float32)
+
+    def object_pixels(self) -> np.ndarray:
+        """Where the front camera sees the task's named objects now: float32 (2, 2), rows
+        [target, second object] (`Task.prompt_objects()`'s "obj" and "ref": place's
+        container, stack's base, move_near's reference), columns (u, v) = (column, row) in
+        pixels of obs["image"] (0..W, 0..H, continuous; `FrontCamera.project`, with this
+        episode's camera jitter). The point is the object's AABB centre (the point the oracle
+        grasps around), projected whether or not something hides it; a point outside the
+        frame keeps its projected value. NaN row for a task without a second object (pick,
+        push).
+
+        Privileged simulator state, for labels (collect.object_pixels): never part of an
+        observation. Called right after reset() or step() it matches that observation's
+        frame (a terminate step leaves the scene as it was)."""
+        if self.robot is None or self._obs is None:
+            raise RuntimeError("call reset() before object_pixels()")
+        named = self.task.prompt_objects()
+        points = np.full((2, 3), np.nan)
+        for row, key in enumerate(("obj", "ref")):
+            if key in named:
+                points[row] = object_position(self.client, named[key])
+        return self.camera.project(points).astype(np.float32)
 
     def describe(self) -> dict[str, Any]:
         """JSON-able facts a checkpoint or evaluation must match (CONTRACTS.md)."""

@@ -18,7 +18,16 @@ from typing import Any
 
 import torch
 
-from envs.spec import ACTION, BACKGROUND_MASK, IMAGE, INSTRUCTION, STATE, STATE_NAMES, WRIST_IMAGE
+from envs.spec import (
+    ACTION,
+    BACKGROUND_MASK,
+    IMAGE,
+    INSTRUCTION,
+    OBJECT_PIXELS,
+    STATE,
+    STATE_NAMES,
+    WRIST_IMAGE,
+)
 
 # Reflection y -> -y. A rotation R becomes M R M (M = diag(1, -1, 1)): rotations about x and
 # z reverse, rotations about y do not; for a quaternion (x, y, z, w) that is (-x, y, -z, w).
@@ -76,7 +85,10 @@ def mirror_batch(batch: Mapping[str, Any], action_names: Sequence[str], prob: fl
 
     All frames of a sample are mirrored together. Images (B, T, H, W, 3) flip along W. The
     wrist image flips along W too when `wrist` (a camera that :func:`check_mirror_wrist`
-    accepts); otherwise it is dropped, for policies that do not read it.
+    accepts); otherwise it is dropped, for policies that do not read it. Object pixels
+    (B, T, 2, 2) of (u, v) in the front image follow its flip: u -> W - u (continuous pixel
+    coordinates, pixel c covering [c, c + 1), so pixel c goes to W - 1 - c), v and NaN
+    as they were.
     """
     out = dict(batch)
     if prob <= 0:
@@ -92,6 +104,11 @@ def mirror_batch(batch: Mapping[str, Any], action_names: Sequence[str], prob: fl
         mask = batch[BACKGROUND_MASK]
         out[BACKGROUND_MASK] = torch.where(flip.view(b, 1, 1, 1).to(mask.device), mask.flip(3),
                                            mask)
+    if OBJECT_PIXELS in batch:  # (B, T, 2, 2) of (u, v): u -> W - u with the front image
+        px = batch[OBJECT_PIXELS]
+        flipped = px.clone()
+        flipped[..., 0] = image.shape[3] - px[..., 0]
+        out[OBJECT_PIXELS] = torch.where(flip.view(b, 1, 1, 1).to(px.device), flipped, px)
     if wrist and WRIST_IMAGE in batch:
         w_img = batch[WRIST_IMAGE]
         out[WRIST_IMAGE] = torch.where(f_img.to(w_img.device), w_img.flip(3), w_img)

@@ -14,6 +14,17 @@ to every item, uint8 (T, H, W) 0/1 under their key (envs.spec.BACKGROUND_MASK); 
 are held bit-packed (1/8 of a byte per pixel) and unpacked per batch. Stores without
 masks give the same items as before.
 
+A store collected with object pixels (collect.object_pixels, envs.store's privileged_keys)
+adds them to every item, float32 (T, 2, 2) under envs.spec.OBJECT_PIXELS, collated to
+(B, T, 2, 2): per frame, where the front image shows the centres of [target, second
+object] as (u, v) = (column, row) pixels of the stored image (0..W, 0..H), NaN where there
+is no second object (pick, push) or no label (steps merged from a store without them).
+Padded steps repeat the episode's first step, as the frames do. They are labels for an
+auxiliary grounding loss, never an input; they are held in RAM in either mode (16 bytes a
+step), and the mirror (policy/augment.py mirror_batch) maps u to W - u with the image. A
+policy that resizes or shifts the image must map them the same way. Stores without them
+give the same items as before.
+
 A store collected with visual prompts (collect.visual_prompts, envs.store's
 prompt_image_shape) adds its episode's prompt crops to every item, uint8 (K, S, S, 3) under
 envs.spec.PROMPT_IMAGES (zeros for a text-only episode), collated to (B, K, S, S, 3). They
@@ -44,6 +55,7 @@ from envs.spec import (
     BACKGROUND_MASK,
     IMAGE,
     INSTRUCTION,
+    OBJECT_PIXELS,
     PROMPT_IMAGES,
     STATE,
     WRIST_IMAGE,
@@ -80,9 +92,12 @@ class EpisodeDataset(Dataset):
         self.store = EpisodeStore(self.path, skip_bad_shards=skip_bad_shards)
         self.image_keys = [k for k in (IMAGE, WRIST_IMAGE) if k in self.store.image_keys]
         self.mask_keys = [k for k in (BACKGROUND_MASK,) if k in self.store.mask_keys]
+        # Per-step labels (object pixels): small, so in RAM in either mode.
+        self.label_keys = [k for k in (OBJECT_PIXELS,) if k in self.store.privileged_keys]
 
         frames = [*self.image_keys, *self.mask_keys]
         keys = [*frames, STATE, ACTION] if in_memory else [STATE, ACTION]
+        keys += self.label_keys
         # Load first and take the episode table from the same read: with skip_bad_shards a
         # shard whose chunks fail their checksums drops out here, and the table must agree.
         data = self.store.load(keys=keys)
@@ -203,6 +218,8 @@ class EpisodeDataset(Dataset):
                                                          for w in idx]))
         arrays[STATE] = torch.from_numpy(self._arrays[STATE][idx])  # (B, T, S)
         arrays[ACTION] = torch.from_numpy(self._arrays[ACTION][idx])  # (B, T, A)
+        for key in self.label_keys:  # object pixels: (B, T, 2, 2)
+            arrays[key] = torch.from_numpy(self._arrays[key][idx])
         arrays["pad"] = torch.from_numpy(pad)  # (B, T)
         if self._prompt_images is not None:  # (B, K, S, S, 3), the episode's crops
             arrays[PROMPT_IMAGES] = torch.from_numpy(

@@ -8,6 +8,13 @@ Layout (docs/CONTRACTS.md, "Episode store"), in the style of diffusion_policy's 
         data/wrist_image           uint8   (N, H, W, 3), only when a wrist camera was used
         data/background_mask       uint8   (N, H, W) 0/1, only when collected with
                                    collect.background_mask (info["mask_keys"] lists it)
+        data/object_pixels         float32 (N, 2, 2) only when collected with
+                                   collect.object_pixels (info["privileged_keys"] lists it):
+                                   where the front image shows the centres of the task's
+                                   [target, second object], (u, v) = (column, row) pixels;
+                                   NaN for no second object (pick, push) and for steps
+                                   merged in from a store without them. Privileged labels
+                                   (TabletopEnv.object_pixels), never an observation
         data/state                 float32 (N, 8)
         data/action                float32 (N, 8)   the oracle's clean label
         data/executed_action       float32 (N, 8)   what was sent to the env (label + noise)
@@ -27,7 +34,8 @@ Layout (docs/CONTRACTS.md, "Episode store"), in the style of diffusion_policy's 
                                    words each slot replaced ("red cube"); -1 for unused slots
 
 Shards without info["prompt_image_shape"] have neither prompt array nor the prompt_words
-table, so every store written before visual prompts reads as before.
+table, and shards without info["privileged_keys"] no object_pixels, so every store written
+before visual prompts or object pixels reads as before.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from envs.spec import (
     EVAL_SEED_START,
     IMAGE,
     MAX_PROMPT_IMAGES,
+    OBJECT_PIXELS,
     PROMPT_IMAGES,
     PROMPT_SLOT,
     WRIST_IMAGE,
@@ -61,6 +70,11 @@ MASK_KEYS: tuple[str, ...] = (BACKGROUND_MASK,)
 # 0/1 bytes: bit-shuffling leaves one busy bit plane, which zstd packs to ~1/70 of the raw
 # bytes (64 px pick episodes: 4.3 MB of masks beside 48 MB of images).
 MASK_CODEC = {"cname": "zstd", "clevel": 3, "shuffle": "bitshuffle"}
+# Optional per-step float32 arrays of privileged simulator facts, never observations (labels
+# for auxiliary losses), with their row shape. A shard lists the ones it has in
+# info["privileged_keys"]; a shard without that entry has none and reads as before. NaN
+# marks a missing value (no second object; a step merged from a store without them).
+PRIVILEGED_KEYS: dict[str, tuple[int, ...]] = {OBJECT_PIXELS: (2, 2)}
 # Per-step float32 arrays besides images, each (N, D).
 VECTOR_KEYS: tuple[str, ...] = ("state", "action", "executed_action")
 ID_KEYS: dict[str, str] = {"instruction_id": "int32", "task_id": "int16", "split_id": "int16"}
@@ -134,6 +148,9 @@ class Episode:
     success: bool
     wrist_image: np.ndarray | None = None  # uint8 (T, H, W, 3) when a wrist camera is used
     background_mask: np.ndarray | None = None  # uint8 (T, H, W) 0/1 (envs.spec.BACKGROUND_MASK)
+    # float32 (T, 2, 2): per step, (u, v) pixels of [target, second object] in the front
+    # image, NaN where there is none (envs.spec.OBJECT_PIXELS, TabletopEnv.object_pixels)
+    object_pixels: np.ndarray | None = None
     # Visual prompts (envs.spec.PROMPT_IMAGES): uint8 (MAX_PROMPT_IMAGES, S, S, 3), the crops
     # of the instruction's PROMPT_SLOT markers in order, zeros past the slot count; None for
     # an episode recorded without them. prompt_words: the words each slot replaced, one per
@@ -176,6 +193,14 @@ class Episode:
                     f"{self.background_mask.dtype}; expected uint8 {self.image.shape[:3]} "
                     "(one 0/1 mask per front-camera frame)"
                 )
+        if self.object_pixels is not None:
+            px = np.asarray(self.object_pixels)
+            want = (steps, *PRIVILEGED_KEYS[OBJECT_PIXELS])
+            if px.shape != want or not np.issubdtype(px.dtype, np.floating):
+                raise ValueError(
+                    f"episode object_pixels has shape {px.shape} dtype {px.dtype}; expected "
+                    f"float {want} (per frame: [target, second object] x (u, v) pixels)")
+            self.object_pixels = px.astype(np.float32)
         self._check_prompt()
 
     def _check_prompt(self) -> None:
@@ -220,6 +245,10 @@ class Episode:
 
     def masks(self) -> dict[str, np.ndarray]:
         return {} if self.background_mask is None else {BACKGROUND_MASK: self.background_mask}
+
+    def privileged(self) -> dict[str, np.ndarray]:
+        """The episode's PRIVILEGED_KEYS arrays that it carries."""
+        return {} if self.object_pixels is None else {OBJECT_PIXELS: self.object_pixels}
 
     def images(self) -> dict[str, np.ndarray]:
         out = {IMAGE: self.image}

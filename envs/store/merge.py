@@ -6,7 +6,16 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from envs.store.format import DEFAULT_CHUNK_FRAMES, StoreError, compat_mismatch, shard_name
+import numpy as np
+
+from envs.spec import OBJECT_PIXELS
+from envs.store.format import (
+    DEFAULT_CHUNK_FRAMES,
+    PRIVILEGED_KEYS,
+    StoreError,
+    compat_mismatch,
+    shard_name,
+)
 from envs.store.reader import EpisodeStore
 from envs.store.writer import ShardWriter
 
@@ -19,7 +28,10 @@ def merge(sources: Sequence[Path | str], dest: Path | str, skip_bad_shards: bool
     a duplicate raises ValueError naming the seed. Episodes are copied one at a time, so
     memory stays at one episode. When any source has visual prompt images, the merged store
     has them too (episodes of sources without them become text-only ones: zero crops, no
-    words); sources whose crops differ in size are refused.
+    words); sources whose crops differ in size are refused. Likewise object pixels: when
+    any source has them, the merged store has them, NaN for every step of the episodes of
+    sources without them (NaN already means "no value": the loss that reads them skips
+    non-finite entries); background masks only when every source has them.
     """
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
@@ -44,9 +56,11 @@ def merge(sources: Sequence[Path | str], dest: Path | str, skip_bad_shards: bool
     masks = [k for k in first.mask_keys if all(k in st.mask_keys for st in stores)]
     # Prompt images when any source has them (compat_mismatch above refused differing sizes).
     prompt = next((st.prompt_image_shape for st in stores if st.prompt_image_shape), None)
+    # Object pixels when any source has them (NaN rows for the episodes of the others).
+    privileged = [k for k in PRIVILEGED_KEYS if any(k in st.privileged_keys for st in stores)]
     writer = ShardWriter(dest / shard_name(0), info=info, image_shape=first.image_shape,
                          image_keys=first.image_keys, chunk_frames=chunk_frames,
-                         mask_keys=masks,
+                         mask_keys=masks, privileged_keys=privileged,
                          prompt_image_size=None if prompt is None else prompt[1])
     for st in stores:
         for sh in st.shards:
@@ -59,6 +73,9 @@ def merge(sources: Sequence[Path | str], dest: Path | str, skip_bad_shards: bool
                 seen.add(ep.seed)
                 if not masks:
                     ep.background_mask = None
+                if OBJECT_PIXELS in privileged and ep.object_pixels is None:
+                    ep.object_pixels = np.full((len(ep), *PRIVILEGED_KEYS[OBJECT_PIXELS]),
+                                               np.nan, dtype=np.float32)
                 writer.append(ep)
             for s in sh.rejected_seeds.tolist():
                 if s not in rejected:

@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 import zarr
 
-from envs.spec import BACKGROUND_MASK, IMAGE, MAX_PROMPT_IMAGES, WRIST_IMAGE
+from envs.spec import BACKGROUND_MASK, IMAGE, MAX_PROMPT_IMAGES, OBJECT_PIXELS, WRIST_IMAGE
 from envs.store.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     ID_KEYS,
     MASK_KEYS,
     META_KEYS,
+    PRIVILEGED_KEYS,
     PROMPT_IMAGES_KEY,
     PROMPT_SHAPE_KEY,
     PROMPT_WORD_ID_KEY,
@@ -134,6 +135,12 @@ class ShardReader:
         unknown = [k for k in self.mask_keys if k not in MASK_KEYS]
         if unknown:
             raise StoreError(meta, f"unknown mask keys {unknown}; this reader knows {MASK_KEYS}")
+        # Privileged labels (format.PRIVILEGED_KEYS): only in shards collected with them.
+        self.privileged_keys: list[str] = list(self.info.get("privileged_keys", []))
+        unknown = [k for k in self.privileged_keys if k not in PRIVILEGED_KEYS]
+        if unknown:
+            raise StoreError(meta, f"unknown privileged keys {unknown}; this reader knows "
+                                   f"{list(PRIVILEGED_KEYS)}")
         # Visual prompts: only in shards collected with them (info[PROMPT_SHAPE_KEY]).
         shape = self.info.get(PROMPT_SHAPE_KEY)
         self.prompt_image_shape: tuple[int, ...] | None = (
@@ -145,7 +152,8 @@ class ShardReader:
                                    f"[{MAX_PROMPT_IMAGES}, S, S, 3]")
         self._group = group
         self.arrays: dict[str, zarr.Array] = {}
-        for key in self.image_keys + self.mask_keys + list(VECTOR_KEYS) + list(ID_KEYS):
+        for key in (self.image_keys + self.mask_keys + self.privileged_keys + list(VECTOR_KEYS)
+                    + list(ID_KEYS)):
             self.arrays[key] = _open_array(group, self.path, f"data/{key}")
         self.meta: dict[str, zarr.Array] = {
             k: _open_array(group, self.path, f"meta/{k}") for k in [*META_KEYS, REJECTED_KEY]
@@ -236,6 +244,13 @@ class ShardReader:
                         self.path / f"meta/{key}",
                         f"array has row shape {tuple(arr.shape[1:])} dtype {arr.dtype}; "
                         f"expected {np.dtype(dtype)} {want} (info[{PROMPT_SHAPE_KEY!r}])")
+        for key in self.privileged_keys:
+            arr = self.arrays[key]
+            if tuple(arr.shape[1:]) != PRIVILEGED_KEYS[key] or arr.dtype != np.float32:
+                raise StoreError(
+                    self.path / f"data/{key}",
+                    f"array has row shape {tuple(arr.shape[1:])} dtype {arr.dtype}; expected "
+                    f"float32 {PRIVILEGED_KEYS[key]}")
         for key in self.mask_keys:
             shape = tuple(self.arrays[key].shape[1:])
             if (image_shape is not None and shape != image_shape[:2]) or \
@@ -304,6 +319,8 @@ class ShardReader:
             wrist_image=self.read(WRIST_IMAGE, a, b) if WRIST_IMAGE in self.arrays else None,
             background_mask=(self.read(BACKGROUND_MASK, a, b)
                              if BACKGROUND_MASK in self.mask_keys else None),
+            object_pixels=(self.read(OBJECT_PIXELS, a, b)
+                           if OBJECT_PIXELS in self.privileged_keys else None),
             state=self.read("state", a, b),
             action=self.read("action", a, b),
             executed_action=self.read("executed_action", a, b),
@@ -387,6 +404,8 @@ class EpisodeStore:
             }
             for sh in self.shards
         ]
+        held = {k for sh in self.shards for k in sh.privileged_keys}
+        self._privileged_keys = [k for k in PRIVILEGED_KEYS if k in held]
         self._stats: dict[str, Any] | None = None
 
     # -- sizes and tables
@@ -438,6 +457,14 @@ class EpisodeStore:
         return sh.prompt_images(j, j + 1)[0], sh.episode_prompt_words(j)
 
     @property
+    def privileged_keys(self) -> list[str]:
+        """Privileged labels any shard held when the store was opened (format.
+        PRIVILEGED_KEYS; fixed then, so a shard dropped later by skip_bad_shards changes no
+        key). Unlike masks, a shard without one reads as NaN rows (NaN already means "no
+        value" there), so stores with and without object pixels read and merge together."""
+        return list(self._privileged_keys)
+
+    @property
     def mask_keys(self) -> list[str]:
         """Masks that every shard holds (a mask missing from one shard is not loadable)."""
         return [k for k in self.shards[0].mask_keys
@@ -468,9 +495,14 @@ class EpisodeStore:
         """Store-wide episode `i` (shards in name order), read from disk.
 
         In a store where some shards have prompt images, an episode of a shard without them
-        comes back with zero crops, as a text-only episode of a prompt shard does."""
+        comes back with zero crops, as a text-only episode of a prompt shard does; in a
+        store where some shards have object pixels, one of a shard without them comes back
+        with NaN ones."""
         sh, j = self._locate(i)
         ep = sh.episode(j)
+        if OBJECT_PIXELS in self.privileged_keys and ep.object_pixels is None:
+            ep.object_pixels = np.full((len(ep), *PRIVILEGED_KEYS[OBJECT_PIXELS]), np.nan,
+                                       dtype=np.float32)
         shape = self.prompt_image_shape
         if shape is not None and ep.prompt_images is None:
             ep.prompt_images = np.zeros(shape, dtype=np.uint8)
@@ -521,7 +553,9 @@ class EpisodeStore:
         return problems[::-1]
 
     def _load(self, keys: Sequence[str] | None) -> StepData:
-        all_keys = self.image_keys + self.mask_keys + list(VECTOR_KEYS) + list(ID_KEYS)
+        privileged = self.privileged_keys
+        all_keys = (self.image_keys + self.mask_keys + privileged + list(VECTOR_KEYS)
+                    + list(ID_KEYS))
         wanted = all_keys if keys is None else list(keys)
         for k in wanted:
             if k not in all_keys:
@@ -532,6 +566,10 @@ class EpisodeStore:
         offset = 0
         for sh, maps in zip(self.shards, self._maps, strict=True):
             for k in wanted:
+                if k in privileged and k not in sh.privileged_keys:  # NaN: no value
+                    parts[k].append(np.full((sh.num_steps, *PRIVILEGED_KEYS[k]), np.nan,
+                                            dtype=np.float32))
+                    continue
                 rows = sh.read(k)
                 if k in maps:
                     rows = maps[k][rows.astype(np.int64)]
@@ -568,6 +606,8 @@ class EpisodeStore:
         info = dict(self.shards[0].info)
         if self.prompt_image_shape is not None:  # the first shard may be a text-only one
             info[PROMPT_SHAPE_KEY] = list(self.prompt_image_shape)
+        if self.privileged_keys:  # likewise for object pixels
+            info["privileged_keys"] = self.privileged_keys
         success = np.concatenate([sh.success for sh in self.shards])
         info.update(
             tasks=self.tasks,

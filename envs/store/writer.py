@@ -39,6 +39,7 @@ from envs.store.format import (
     MASK_KEYS,
     META_CHUNK_ROWS,
     META_KEYS,
+    PRIVILEGED_KEYS,
     PROMPT_CHUNK_EPISODES,
     PROMPT_IMAGES_KEY,
     PROMPT_SHAPE_KEY,
@@ -91,8 +92,11 @@ class ShardWriter:
     Opening an existing shard validates it against `info` (COMPAT_KEYS) and truncates any
     uncommitted tail a crash left behind, so appending resumes exactly after the last
     committed episode. `mask_keys`: per-frame masks to store besides the images (MASK_KEYS;
-    every appended episode must carry them). `prompt_image_size`: S of the square visual
-    prompt crops to store per episode (meta/prompt_images, info["prompt_image_shape"]); an
+    every appended episode must carry them). `privileged_keys`: per-step privileged labels
+    to store (PRIVILEGED_KEYS, e.g. object_pixels; info["privileged_keys"]; every appended
+    episode must carry them, and one that carries others is refused). `prompt_image_size`:
+    S of the square visual prompt crops to store per episode (meta/prompt_images,
+    info["prompt_image_shape"]); an
     appended episode without prompt_images is stored as a text-only one (zero crops, no
     words). None: no prompts; an episode that has them is refused (a text-only one's zero
     crops are dropped). `lock_wait_s`: how long to wait for another writer's lock (a killed
@@ -112,6 +116,7 @@ class ShardWriter:
         lock_wait_s: float = 10.0,
         mask_keys: Sequence[str] = (),
         prompt_image_size: int | None = None,
+        privileged_keys: Sequence[str] = (),
     ) -> None:
         self.path = Path(path)
         image_shape = tuple(int(s) for s in image_shape)
@@ -133,6 +138,12 @@ class ShardWriter:
         self.info.pop("mask_keys", None)
         if mask_keys:  # absent, not empty, without masks: such shards stay as they were
             self.info["mask_keys"] = list(mask_keys)
+        for k in privileged_keys:
+            if k not in PRIVILEGED_KEYS:
+                raise ValueError(f"privileged key {k!r}; expected one of {list(PRIVILEGED_KEYS)}")
+        self.info.pop("privileged_keys", None)
+        if privileged_keys:  # absent, not empty, without them, as mask_keys
+            self.info["privileged_keys"] = list(privileged_keys)
         self.info.pop(PROMPT_SHAPE_KEY, None)
         self.prompt_shape: tuple[int, ...] | None = None
         if prompt_image_size is not None:  # absent without prompts, as mask_keys
@@ -144,6 +155,7 @@ class ShardWriter:
         self.info.setdefault("seed_ranges", default_seed_ranges())
         self.image_keys = list(image_keys)
         self.mask_keys = list(mask_keys)
+        self.privileged_keys = list(privileged_keys)
         self._lock_fd = _lock_shard(self.path, lock_wait_s)
         if (self.path / "zarr.json").exists():
             self._reopen()
@@ -174,6 +186,10 @@ class ShardWriter:
                 dtype="uint8", compressors=[BloscCodec(**MASK_CODEC), crc],
             )
         small = [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), crc]
+        for k in self.privileged_keys:
+            shape = PRIVILEGED_KEYS[k]
+            group.create_array(f"data/{k}", shape=(0, *shape), chunks=(VECTOR_CHUNK_ROWS, *shape),
+                               dtype="float32", fill_value=float("nan"), compressors=small)
         dims = {"state": state_dim, "action": action_dim, "executed_action": action_dim}
         for k in VECTOR_KEYS:
             group.create_array(f"data/{k}", shape=(0, dims[k]), chunks=(VECTOR_CHUNK_ROWS,
@@ -213,6 +229,12 @@ class ShardWriter:
                              f"cannot append: existing shard has masks {reader.mask_keys}, this "
                              f"writer {self.mask_keys} (collect.background_mask must match the "
                              "run that started the store)")
+        if reader.privileged_keys != self.privileged_keys:
+            raise StoreError(self.path / "zarr.json",
+                             f"cannot append: existing shard has privileged labels "
+                             f"{reader.privileged_keys}, this writer {self.privileged_keys} "
+                             "(collect.object_pixels must match the run that started the "
+                             "store)")
         if reader.prompt_image_shape != self.prompt_shape:
             raise StoreError(self.path / "zarr.json",
                              f"cannot append: existing shard has prompt images of shape "
@@ -244,8 +266,8 @@ class ShardWriter:
     def _open_arrays(self) -> None:
         """Cache the array handles (a lookup re-reads metadata from disk every time)."""
         self._group = zarr.open_group(str(self.path), mode="r+")
-        names = [f"data/{k}" for k in (*self.image_keys, *self.mask_keys, *VECTOR_KEYS,
-                                        *ID_KEYS)]
+        names = [f"data/{k}" for k in (*self.image_keys, *self.mask_keys,
+                                        *self.privileged_keys, *VECTOR_KEYS, *ID_KEYS)]
         names += [f"meta/{k}" for k in (*META_KEYS, REJECTED_KEY)]
         if self.prompt_shape is not None:
             names += [f"meta/{PROMPT_IMAGES_KEY}", f"meta/{PROMPT_WORD_ID_KEY}"]
@@ -305,6 +327,11 @@ class ShardWriter:
         if sorted(masks) != sorted(self.mask_keys):
             raise ValueError(f"episode has masks {sorted(masks)}; shard stores "
                              f"{sorted(self.mask_keys)}")
+        privileged = episode.privileged()
+        if sorted(privileged) != sorted(self.privileged_keys):
+            raise ValueError(f"episode (seed {episode.seed}) has privileged labels "
+                             f"{sorted(privileged)}; shard stores {sorted(self.privileged_keys)}"
+                             " (collect.object_pixels)")
         for k in VECTOR_KEYS:
             want = self._arrays[f"data/{k}"].shape[1]
             if getattr(episode, k).shape[1] != want:
@@ -325,6 +352,7 @@ class ShardWriter:
         writes: dict[str, tuple[np.ndarray, int]] = {
             **{f"data/{k}": (v, start) for k, v in images.items()},
             **{f"data/{k}": (v, start) for k, v in masks.items()},
+            **{f"data/{k}": (v, start) for k, v in privileged.items()},
             **{f"data/{k}": (getattr(episode, k), start) for k in VECTOR_KEYS},
             **{f"data/{k}": (np.full(n, i, dtype=ID_KEYS[k]), start) for k, i in ids.items()},
             "meta/episode_ends": (np.array([start + n], dtype=np.int64), e),
