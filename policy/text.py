@@ -129,6 +129,13 @@ class TextEncoder:
     def cache_size(self) -> int:
         return len(self._cache)
 
+    def reserve(self, count: int) -> None:
+        """Make room for at least `count` cached strings: training holds every instruction of
+        its store, since an LRU cache smaller than the set it is sampled from misses on most
+        batches (6,490 instructions against 4,096 slots cost ~3x the step time of the full
+        recipe's RT-1 with the wrist camera, docs/experiments/2026-11-30-competence.md)."""
+        self.max_cache = max(self.max_cache, int(count))
+
 
 _SHARED: dict[str, TextEncoder] = {}
 _SHARED_LOCK = threading.Lock()

@@ -267,6 +267,12 @@ def build_data_and_policy(
     seed_everything(cfg.train.seed)
     dataset = dataset_factory(cfg.data)
     policy = policy_factory(policy_config, dataset, resume_from).to(device)
+    instructions = getattr(dataset, "instructions", None)
+    if instructions and hasattr(getattr(policy, "config", None), "text_encoder"):
+        from policy.text import get_text_encoder
+
+        # every instruction of the store stays cached (the encoder loads on first use)
+        get_text_encoder(policy.config.text_encoder).reserve(len(instructions) + 1024)
     seed_everything(cfg.train.seed + 1000 * info.rank)
     policy_history = getattr(getattr(policy, "config", None), "history", None)
     if policy_history is not None and policy_history != cfg.data.history:

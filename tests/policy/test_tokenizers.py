@@ -149,6 +149,10 @@ def test_text_caches_are_bounded_and_eviction_changes_nothing() -> None:
     enc.encode(["lift the blue cube", "a fourth instruction"])
     assert enc.cache_size() == 2
     assert torch.equal(enc.encode(["pick up the red block"])[0], first[0])  # re-embedded
+    enc.reserve(3)  # training makes room for its store's instructions, never less room
+    enc.reserve(1)
+    enc.encode(["lift the blue cube", "a fourth instruction", "push the green slab"])
+    assert enc.max_cache == 3 and enc.cache_size() == 3
     sub = SubwordTokenizer(max_cache=1)
     ids = sub.ids("pick up the red block")
     sub.ids("push the green slab")
