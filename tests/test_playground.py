@@ -230,6 +230,24 @@ def test_listening_off_loopback_needs_a_token(monkeypatch: pytest.MonkeyPatch) -
         PlayServerConfig(port=70000)
 
 
+def test_a_visual_split_shows_its_crops_and_a_text_only_checkpoint_is_refused(
+        session: PlaySession) -> None:
+    from policy.playground.views import with_prompt
+
+    # the oracle acts on the visual level; the scene view carries the crop in its corner
+    view = session.reset("pick", "visual_prompt", SEED, actor=ORACLE)
+    assert "{image}" in view.instruction
+    crop = session.obs["prompt_images"][0]
+    assert np.array_equal(view.render[2:66, 2:66], enlarge(crop, 2))
+    with pytest.raises(ValueError, match="this policy reads text prompts only"):
+        session.reset("pick", "visual_prompt", SEED, actor=POLICY)
+    picture = np.zeros((100, 200, 3), np.uint8)
+    assert with_prompt(picture, np.zeros((2, 32, 32, 3), np.uint8), 0) is picture
+    two = with_prompt(picture, np.full((2, 32, 32, 3), 7, np.uint8), 2)
+    assert (two[2:66, 2:66] == 7).all() and (two[2:66, 72:136] == 7).all()
+    assert (two[0, :68] == 255).all() and (two[0, 70:138] == 255).all() and (two[70:] == 0).all()
+
+
 def test_views_mark_the_chosen_and_the_label_bins() -> None:
     probs = np.full((2, 1024), 1e-4, dtype=np.float32)  # Gato's 1024 bins pool into the chart
     probs[0, 100], probs[1, 900] = 0.9, 0.9

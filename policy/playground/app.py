@@ -53,9 +53,9 @@ class Playground:
 
         if max_sessions < 1:
             raise ValueError(f"max_sessions={max_sessions}; expected >= 1")
-        if task not in envs.TASKS or split not in envs.SPLITS:
+        if task not in envs.TASKS or split not in envs.ALL_SPLITS:
             raise ValueError(f"task={task!r}, split={split!r}; expected a task in "
-                             f"{list(envs.TASKS)} and a split in {list(envs.SPLITS)}")
+                             f"{list(envs.TASKS)} and a split in {list(envs.ALL_SPLITS)}")
         if POLICY not in checkpoints:
             raise ValueError(f"checkpoints {sorted(checkpoints)} lack {POLICY!r}")
         self.checkpoints = dict(checkpoints)
@@ -191,7 +191,7 @@ def build_app(play: Playground) -> Any:
             with gr.Row():
                 with gr.Column(scale=1, min_width=300):
                     task = gr.Dropdown(list(envs.TASKS), value=play.task, label="task")
-                    split = gr.Dropdown(list(envs.SPLITS), value=play.split, label="split")
+                    split = gr.Dropdown(list(envs.ALL_SPLITS), value=play.split, label="split")
                     seed = gr.Number(play.seed, precision=0, label="seed", minimum=0)
                     with gr.Row():
                         reset = gr.Button("Reset", elem_id="reset-btn")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from envs.camera import CameraConfig, FrontCamera
-from envs.spec import IMAGE, INSTRUCTION
+from envs.spec import IMAGE, INSTRUCTION, PROMPT_IMAGES, prompt_slots
 from policy.bridge.loading import load_served_policy
 from policy.bridge.server import ServedPolicy
 from policy.evaluation.actors import OracleActor
@@ -31,7 +31,7 @@ from policy.evaluation.rollout import end_reason, milestone_name
 from policy.evaluation.runner import EnvSettings
 from policy.evaluation.video import write_video
 from policy.playground.introspect import Introspector, StepInsight
-from policy.playground.views import side_by_side
+from policy.playground.views import side_by_side, with_prompt
 
 POLICY, SECOND, ORACLE = "policy", "second", "oracle"
 # The bridge's limit (conf/serve.yaml): longer text only costs the text encoder time.
@@ -176,9 +176,15 @@ class PlaySession:
         return self._envs[key]
 
     def _render(self) -> np.ndarray:
+        """The larger scene view, with the crops a multimodal instruction shows in its corner."""
         if self.view_camera is None:
-            return np.asarray(self.obs[IMAGE]).copy()
-        return self.view_camera.render(self.env.client, self.env.lighting)
+            picture = np.asarray(self.obs[IMAGE]).copy()
+        else:
+            picture = self.view_camera.render(self.env.client, self.env.lighting)
+        if PROMPT_IMAGES in self.obs:
+            picture = with_prompt(picture, self.obs[PROMPT_IMAGES],
+                                  prompt_slots(self.instruction or ""))
+        return picture
 
     # -- the episode ---------------------------------------------------------------------
 
@@ -193,8 +199,8 @@ class PlaySession:
             raise ValueError(f"actor {actor!r}; expected one of {list(self.actors)}")
         if task not in envs.TASKS:
             raise ValueError(f"task {task!r}; expected one of {list(envs.TASKS)}")
-        if split not in envs.SPLITS:
-            raise ValueError(f"split {split!r}; expected one of {list(envs.SPLITS)}")
+        if split not in envs.ALL_SPLITS:
+            raise ValueError(f"split {split!r}; expected one of {list(envs.ALL_SPLITS)}")
         seed = int(seed)
         if seed < 0:
             raise ValueError(f"seed {seed}; expected >= 0")
@@ -210,7 +216,7 @@ class PlaySession:
         self.actor, self.task, self.split, self.seed = actor, task, split, seed
         self.scene_instruction = str(obs[INSTRUCTION])
         self.instruction = check_instruction(instruction or self.scene_instruction)
-        self._reset_actor()
+        self._reset_actor()  # a text-only checkpoint refuses an "{image}" instruction here
         render = self._render()
         self.frames = [side_by_side(obs[IMAGE], render)]
         self.view = StepView(step=0, max_steps=env.max_steps, instruction=self.instruction,
@@ -223,7 +229,10 @@ class PlaySession:
         if self.actor == ORACLE:
             self._oracle = OracleActor(self.env)
         else:
-            self._policy(self.actor).reset(self.instruction)
+            prompt = self.obs.get(PROMPT_IMAGES) if self.obs is not None else None
+            policy = self._policy(self.actor)
+            policy.reset(self.instruction,
+                         prompt if prompt is not None and policy.reads_prompt_images else None)
             self._introspectors[self.actor].clear()
 
     def set_instruction(self, text: str) -> None:

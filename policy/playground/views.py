@@ -148,3 +148,21 @@ def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
         return out
 
     return np.concatenate([pad(left), pad(right)], axis=1)
+
+
+def with_prompt(picture: np.ndarray, crops: np.ndarray, count: int, scale: int = 2) -> np.ndarray:
+    """`picture` with the first `count` prompt crops (uint8 (K, S, S, 3)) drawn in its top-left
+    corner, `scale` times enlarged, each in a white frame: what "{image}" stands for."""
+    if count <= 0:
+        return picture
+    out = np.asarray(picture).copy()
+    x = 2
+    for crop in np.asarray(crops)[:count]:
+        tile = enlarge(crop, scale)
+        h, w = tile.shape[:2]
+        if x + w + 2 > out.shape[1] or h + 4 > out.shape[0]:
+            break  # a picture too small to hold it: leave it as it is
+        out[0:h + 4, x - 2:x + w + 2] = 255
+        out[2:h + 2, x:x + w] = tile
+        x += w + 6
+    return out
