@@ -140,6 +140,7 @@ class TabletopEnv(gym.Env):
         self.studio_config = StudioConfig(image_size=prompt_image_size)
         self.visual_prompts = self.split.visual_prompts > 0
         self._studio: PromptStudio | None = None  # its own PyBullet client, made on first use
+        self._prompt: np.ndarray | None = None  # this episode's crops (_prompt_array)
         self.table_z = 0.0
         self.table_region = ((0.36, 0.62), (-0.2, 0.2))
         self.workspace = Workspace()
@@ -183,6 +184,7 @@ class TabletopEnv(gym.Env):
         self.robot.reset(start, yaw=float(rng.uniform(-0.3, 0.3)))
         self._draw_appearance()
         self.task.reset(self)  # the scene and the instruction
+        self._prompt = self._prompt_array() if self.visual_prompts else None
         # Let objects settle (meshes rest on AABB corners) before the first frame.
         for _ in range(self.physics.substeps):
             p.stepSimulation(physicsClientId=self.client)
@@ -256,10 +258,11 @@ class TabletopEnv(gym.Env):
         if len(shown) > MAX_PROMPT_IMAGES:
             raise ValueError(f"task {self.task_name!r} shows {len(shown)} objects by image; "
                              f"expected at most MAX_PROMPT_IMAGES={MAX_PROMPT_IMAGES}")
+        if self.skip_render:
+            size = self.studio_config.image_size
+            return {k: np.zeros((size, size, 3), dtype=np.uint8) for k in shown}
         if self._studio is None:
             self._studio = PromptStudio(self.studio_config)
-        if self.skip_render:
-            return {k: np.zeros(self._studio.shape, dtype=np.uint8) for k in shown}
         return {k: self._studio.render(obj.definition, obj.colour, obj.scale, rng)
                 for k, obj in shown.items()}
 
@@ -420,8 +423,8 @@ class TabletopEnv(gym.Env):
             image = self.camera.render(self.client, self.lighting)
         obs: dict[str, Any] = {IMAGE: image, STATE: self.robot.state(),
                                INSTRUCTION: self.instruction}
-        if self.visual_prompts:
-            obs[PROMPT_IMAGES] = self._prompt_array()
+        if self._prompt is not None:
+            obs[PROMPT_IMAGES] = self._prompt  # the episode's crops (step copies the arrays)
         if self.background_mask:
             obs[BACKGROUND_MASK] = mask
         if self.wrist is not None:

@@ -423,6 +423,16 @@ class Policy(nn.Module):
         out[:slots] = arr[:slots]
         return out.to(self.device)
 
+    def build_prompt_encoder(self, out_dim: int, empty_token: bool = False) -> nn.Module | None:
+        """The crop encoder (policy/tokenizers/prompt.py) for this policy's prompt shape, or
+        None for a policy that reads text only."""
+        if self.prompt_shape is None:
+            return None
+        from policy.tokenizers.prompt import PromptImageEncoder
+
+        return PromptImageEncoder(out_dim=out_dim, image_size=self.prompt_shape[1],
+                                  slots=self.prompt_shape[0], empty_token=empty_token)
+
     def episode_prompt(self) -> torch.Tensor:
         """This episode's crops as uint8 (1, K, S, S, 3) for a family's conditioning (zeros
         for a text-only instruction); only for a policy that reads prompt images."""
@@ -455,8 +465,9 @@ class Policy(nn.Module):
         if instruction != self.instruction:
             self.reset(instruction, prompt)
         elif prompt is not None and prompt_slots(instruction) and (
-                self.prompt_images is None or not torch.equal(
-                    self._checked_prompt(instruction, prompt), self.prompt_images)):
+                self.prompt_images is None or not np.array_equal(
+                    np.asarray(prompt)[:prompt_slots(instruction)],
+                    self.prompt_images[:prompt_slots(instruction)].cpu().numpy())):
             # the same words with other crops: another episode ("pick up the {image}")
             self.reset(instruction, prompt)
         if self._awaits_prompt():

@@ -224,23 +224,18 @@ class ShardWriter:
         if problem:
             raise StoreError(self.path / "zarr.json",
                              f"cannot append: existing shard {problem}")
-        if reader.mask_keys != self.mask_keys:
-            raise StoreError(self.path / "zarr.json",
-                             f"cannot append: existing shard has masks {reader.mask_keys}, this "
-                             f"writer {self.mask_keys} (collect.background_mask must match the "
-                             "run that started the store)")
-        if reader.privileged_keys != self.privileged_keys:
-            raise StoreError(self.path / "zarr.json",
-                             f"cannot append: existing shard has privileged labels "
-                             f"{reader.privileged_keys}, this writer {self.privileged_keys} "
-                             "(collect.object_pixels must match the run that started the "
-                             "store)")
-        if reader.prompt_image_shape != self.prompt_shape:
-            raise StoreError(self.path / "zarr.json",
-                             f"cannot append: existing shard has prompt images of shape "
-                             f"{reader.prompt_image_shape}, this writer {self.prompt_shape} "
-                             "(collect.visual_prompts and the crop size must match the run "
-                             "that started the store)")
+        # optional contents a shard has or lacks for good: what it has, what this writer has
+        for what, theirs, ours, setting in (
+                ("masks", reader.mask_keys, self.mask_keys, "collect.background_mask"),
+                ("privileged labels", reader.privileged_keys, self.privileged_keys,
+                 "collect.object_pixels"),
+                ("prompt images of shape", reader.prompt_image_shape, self.prompt_shape,
+                 "collect.visual_prompts and the crop size")):
+            if theirs != ours:
+                raise StoreError(self.path / "zarr.json",
+                                 f"cannot append: existing shard has {what} {theirs}, this "
+                                 f"writer {ours} ({setting} must match the run that started "
+                                 "the store)")
         # Keep what the shard recorded first (describe(), creation settings); a later run
         # may add tasks, whose describe() joins env_by_task.
         by_task = {**self.info.get("env_by_task", {}), **reader.info.get("env_by_task", {})}

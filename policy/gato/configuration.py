@@ -73,15 +73,13 @@ class GatoConfig(PolicyConfig):
                              f"{TEXT_POSITIONS}")
         if self.readout not in READOUTS:
             raise ValueError(f"readout={self.readout!r}; expected one of {READOUTS}")
-        if not math.isfinite(self.aux_frame_mean) or self.aux_frame_mean < 0:
-            raise ValueError(f"aux_frame_mean={self.aux_frame_mean}; expected a finite weight "
-                             ">= 0 (0: off)")
+        for name in ("aux_frame_mean", "grounding_loss"):
+            weight = getattr(self, name)
+            if not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"{name}={weight}; expected a finite weight >= 0 (0: off)")
         if self.aux_frame_mean > 0 and self.readout != "per_token":
             raise ValueError(f"aux_frame_mean={self.aux_frame_mean} needs readout='per_token' "
                              f"(got {self.readout!r}): frame_mean already reads the frame mean")
-        if not math.isfinite(self.grounding_loss) or self.grounding_loss < 0:
-            raise ValueError(f"grounding_loss={self.grounding_loss}; expected a finite weight "
-                             ">= 0 (0: off)")
         if self.grounding_loss > 0 and self.image_tokenizer != "patches":
             raise ValueError(f"grounding_loss={self.grounding_loss} needs image_tokenizer="
                              f"'patches' (got {self.image_tokenizer!r}): it scores image patches")

@@ -86,7 +86,7 @@ from policy.tokenizers.images import (
     preprocess_images,
     random_shift,
 )
-from policy.tokenizers.prompt import PromptImageEncoder, slot_mask
+from policy.tokenizers.prompt import slot_mask
 from policy.tokenizers.state import StateTokenizer
 from policy.transformer import KVCache, Transformer
 
@@ -148,10 +148,7 @@ class GatoPolicy(Policy):
             self.text_pos = nn.Parameter(torch.randn(c.max_text_tokens, c.d_model) * 0.02)
         # Multimodal prompts: one token per prompt-image slot, after the text in the prefix
         # (policy/tokenizers/prompt.py), as Gato puts images among its tokens.
-        self.prompt_encoder = (
-            PromptImageEncoder(out_dim=c.d_model, image_size=self.prompt_shape[1],
-                               slots=self.prompt_shape[0], empty_token=True)
-            if self.prompt_shape is not None else None)
+        self.prompt_encoder = self.build_prompt_encoder(c.d_model, empty_token=True)
         self.separator = nn.Parameter(torch.randn(c.d_model) * 0.02)
         self.n_actions = len(action_spec)
         # frame_mean: no action tokens in the sequence; one head gives every dimension's bins

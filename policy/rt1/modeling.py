@@ -47,7 +47,7 @@ from policy.tokenizers.images import (
     random_shift,
     resolve_pretrained,
 )
-from policy.tokenizers.prompt import PromptImageEncoder, slot_mask
+from policy.tokenizers.prompt import slot_mask
 from policy.tokenizers.state import StateTokenizer
 from policy.transformer import Transformer
 
@@ -90,10 +90,7 @@ class RT1Policy(Policy):
                                   resolve_pretrained(c.pretrained_backbone, c.backbone))
         # Multimodal prompts: the crops' vectors join the sentence embedding that FiLM reads
         # (policy/tokenizers/prompt.py); a text-only prompt adds exactly zero.
-        self.prompt_encoder = (
-            PromptImageEncoder(out_dim=c.text_dim, image_size=self.prompt_shape[1],
-                               slots=self.prompt_shape[0])
-            if self.prompt_shape is not None else None)
+        self.prompt_encoder = self.build_prompt_encoder(c.text_dim)
         self._text_emb: torch.Tensor | None = None
         self._frames: deque[torch.Tensor] = deque(maxlen=c.history)
 
