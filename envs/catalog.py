@@ -78,10 +78,18 @@ TABLE_TEXTURES: dict[str, str] = {
 class ObjectDef:
     """One object geometry.
 
-    kind: "box", "cylinder", "prism" (regular n-gon extruded along z), "mesh" or
-    "container" (an open box-like vessel built from boxes: tray or bowl).
+    kind: "box", "cylinder", "prism" (regular n-gon extruded along z), "mesh",
+    "container" (an open box-like vessel built from boxes: tray or bowl), "loft" (a convex
+    solid swept through horizontal sections: `profile`) or "compound" (a union of boxes:
+    `boxes`); the procedural training shapes of envs/shapes.py use the last two.
     size: half extents for boxes, (radius, radius, half height) for cylinders and prisms,
-    (inner half width, inner half width, wall height) for containers; unused for meshes.
+    (inner half width, inner half width, wall height) for containers, the half extents of
+    the bounding box for lofts and compounds; unused for meshes.
+    profile (lofts): (t, s) pairs, t the height fraction from the bottom (0 first, 1 last,
+    increasing) and s in [0, 1] the section's size there as a fraction of size[0], size[1];
+    the section is an ellipse (sides=0) or a rectangle (sides=4).
+    boxes (compounds): (hx, hy, hz, cx, cy, cz) per box, half extents and centre in the
+    frame of the bounding box's centre.
     """
 
     name: str
@@ -96,9 +104,11 @@ class ObjectDef:
     stackable: bool = True  # rests stably on a small flat top (irregular blobs do not)
     symmetry: float = math.pi / 2  # grasp yaw symmetry (rad); 0 = round, yaw does not matter
     grasp_width: float = 0.0  # m across the fingers; 0 = from the AABB
+    profile: tuple[tuple[float, float], ...] = ()  # lofts: (height fraction, section size)
+    boxes: tuple[tuple[float, float, float, float, float, float], ...] = ()  # compounds
 
     def __post_init__(self) -> None:
-        kinds = ("box", "cylinder", "prism", "mesh", "container")
+        kinds = ("box", "cylinder", "prism", "mesh", "container", "loft", "compound")
         if self.kind not in kinds:
             raise ValueError(f"object {self.name!r}: unknown kind {self.kind!r}; expected {kinds}")
         for c in self.colours:
@@ -110,6 +120,21 @@ class ObjectDef:
             raise ValueError(f"object {self.name!r}: mesh file {self.file!r} does not exist")
         if self.kind == "prism" and self.sides < 3:
             raise ValueError(f"object {self.name!r}: a prism needs sides >= 3, got {self.sides}")
+        if self.kind == "loft":
+            ts = [t for t, _ in self.profile]
+            if (len(ts) < 2 or ts[0] != 0.0 or ts[-1] != 1.0
+                    or any(b <= a for a, b in zip(ts, ts[1:], strict=False))
+                    or any(not 0.0 <= s <= 1.0 for _, s in self.profile)):
+                raise ValueError(
+                    f"object {self.name!r}: profile {self.profile}; expected (t, s) pairs with t "
+                    "increasing from 0 to 1 and s in [0, 1]")
+            if self.sides not in (0, 4):
+                raise ValueError(f"object {self.name!r}: a loft's section has sides 0 (ellipse) "
+                                 f"or 4 (rectangle), got {self.sides}")
+        if self.kind == "compound" and (not self.boxes
+                                        or any(len(b) != 6 for b in self.boxes)):
+            raise ValueError(f"object {self.name!r}: boxes {self.boxes}; expected one or more "
+                             "(hx, hy, hz, cx, cy, cz) tuples")
 
     @property
     def footprint_radius(self) -> float:
@@ -187,6 +212,58 @@ def _prism_mesh(radius: float, half_h: float, sides: int) -> tuple[list, list]:
     return verts, idx
 
 
+LOFT_SEGMENTS = 32  # vertices per elliptic section of a loft's mesh
+
+
+def loft_section(definition: ObjectDef, s: float) -> list[tuple[float, float]]:
+    """The (x, y) vertices of a loft's section at size fraction `s` (unscaled), counter-
+    clockwise: an ellipse of LOFT_SEGMENTS vertices or a rectangle."""
+    ax, ay = definition.size[0] * s, definition.size[1] * s
+    if definition.sides == 4:
+        return [(ax, ay), (-ax, ay), (-ax, -ay), (ax, -ay)]
+    return [(ax * math.cos(2 * math.pi * k / LOFT_SEGMENTS),
+             ay * math.sin(2 * math.pi * k / LOFT_SEGMENTS)) for k in range(LOFT_SEGMENTS)]
+
+
+def _loft_mesh(definition: ObjectDef, scale: float) -> tuple[list, list]:
+    """Vertices and triangle indices of a loft, its bounding box centred at the origin."""
+    half_h = definition.size[2]
+    rings = [[(x * scale, y * scale, (-half_h + 2 * half_h * t) * scale)
+              for x, y in loft_section(definition, s)] for t, s in definition.profile]
+    n = len(rings[0])
+    verts = [list(v) for ring in rings for v in ring]
+    bottom_c, top_c = len(verts), len(verts) + 1
+    verts += [[0.0, 0.0, -half_h * scale], [0.0, 0.0, half_h * scale]]
+    idx: list[int] = []
+    for r in range(len(rings) - 1):
+        a, b = r * n, (r + 1) * n
+        for k in range(n):
+            k2 = (k + 1) % n
+            idx += [a + k, a + k2, b + k2, a + k, b + k2, b + k]  # outward winding
+    top = (len(rings) - 1) * n
+    for k in range(n):
+        k2 = (k + 1) % n
+        idx += [bottom_c, k2, k, top_c, top + k, top + k2]
+    return verts, idx
+
+
+def shape_centroid(definition: ObjectDef) -> tuple[float, float, float]:
+    """The solid's centre of mass (uniform density, unscaled) in its bounding-box frame:
+    where lofts and compounds put their inertial frame, so an L block tips like one."""
+    if definition.kind == "compound":
+        vols = [8 * hx * hy * hz for hx, hy, hz, *_ in definition.boxes]
+        return tuple(sum(v * b[3 + i] for v, b in zip(vols, definition.boxes, strict=True))
+                     / sum(vols) for i in range(3))  # type: ignore[return-value]
+    if definition.kind == "loft":
+        # Section area grows with s^2: integrate z * s(t)^2 over the height numerically.
+        ts = np.linspace(0.0, 1.0, 401)
+        prof = np.asarray(definition.profile)
+        area = np.interp(ts, prof[:, 0], prof[:, 1]) ** 2
+        z = -definition.size[2] + 2 * definition.size[2] * ts
+        return (0.0, 0.0, float((z * area).sum() / area.sum()))
+    return (0.0, 0.0, 0.0)
+
+
 def spawn_object(
     client: int,
     definition: ObjectDef,
@@ -228,6 +305,30 @@ def spawn_object(
         grasp_width = 2 * apothem if definition.sides % 2 == 0 else apothem + sx
         grasp_yaw_offset = math.pi / definition.sides
         body = _multibody(client, col, vis, 0.1, [*position, table_z + sz], quat)
+    elif definition.kind in ("loft", "compound"):
+        if definition.kind == "loft":
+            verts, idx = _loft_mesh(definition, scale)
+            col = p.createCollisionShape(p.GEOM_MESH, vertices=verts, physicsClientId=client)
+            vis = p.createVisualShape(p.GEOM_MESH, vertices=verts, indices=idx, rgbaColor=rgba,
+                                      physicsClientId=client)
+        else:
+            half = [[b[0] * scale, b[1] * scale, b[2] * scale] for b in definition.boxes]
+            pos = [[b[3] * scale, b[4] * scale, b[5] * scale] for b in definition.boxes]
+            col = p.createCollisionShapeArray([p.GEOM_BOX] * len(half), halfExtents=half,
+                                              collisionFramePositions=pos,
+                                              physicsClientId=client)
+            vis = p.createVisualShapeArray([p.GEOM_BOX] * len(half), halfExtents=half,
+                                           visualFramePositions=pos, physicsClientId=client)
+        # Close across the bounding box's narrower side, as for boxes and meshes.
+        grasp_width = definition.grasp_width * scale or 2 * min(sx, sy)
+        grasp_yaw_offset = math.pi / 2 if sy <= sx else 0.0
+        centroid = [c * scale for c in shape_centroid(definition)]
+        body = p.createMultiBody(baseMass=0.1, baseCollisionShapeIndex=col,
+                                 baseVisualShapeIndex=vis, basePosition=[*position, table_z + sz],
+                                 baseOrientation=quat, baseInertialFramePosition=centroid,
+                                 physicsClientId=client)
+        if definition.kind == "compound":
+            p.changeVisualShape(body, -1, rgbaColor=rgba, physicsClientId=client)
     elif definition.kind == "container":
         body = _container(client, definition, rgba, position, yaw, table_z, scale)
         grasp_width = 0.0  # containers are never grasped

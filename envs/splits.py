@@ -6,7 +6,9 @@ config names a split (`collect.split`, `eval.splits`) and may change its fields 
 {object_set: path/to/objects.yaml}).
 
 Training uses only `seen`. Each held-out split changes one thing and draws that thing from
-content `seen` never uses (tests/envs/test_splits.py proves the sets are disjoint):
+content `seen` never uses (tests/envs/test_splits.py proves the sets are disjoint). A
+collection may widen `seen` with the procedural shapes of envs/shapes.py
+(`extra_objects`), kept apart from the held-out objects by tests/envs/test_shapes.py:
 
 | split              | held-out content                                      |
 |--------------------|-------------------------------------------------------|
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from envs.catalog import BUILTIN_OBJECTS, COLOURS, TABLE_COLOURS, TABLE_TEXTURES
+from envs.shapes import PROCEDURAL_OBJECTS, expand_extra_objects
 
 Combo = tuple[str, str]  # (colour, object name)
 
@@ -83,9 +86,30 @@ class SplitConfig:
     visual_prompt_refs: float = 0.5  # of those, the share that show the second object
     #                                  (place's container, stack's base, move_near's
     #                                  reference) by image as well
+    extra_objects: tuple[str, ...] = ()  # procedural training shapes (envs/shapes.py) added
+    #                                      to target_combos and distractor_combos in every
+    #                                      colour of OBJECT_COLOURS: names, or "procedural"
+    #                                      for all twelve. Empty: the split as it was.
 
     def __post_init__(self) -> None:
-        known = set(BUILTIN_OBJECTS)
+        if isinstance(self.extra_objects, str):  # a bare name from a config: one entry
+            object.__setattr__(self, "extra_objects", (self.extra_objects,))
+        if not isinstance(self.extra_objects, tuple | list):
+            raise ValueError(f"split {self.name!r}: extra_objects={self.extra_objects!r}; "
+                             "expected a list of procedural shape names or 'procedural'")
+        object.__setattr__(self, "extra_objects", tuple(self.extra_objects))
+        try:
+            extra = expand_extra_objects(self.extra_objects)
+        except ValueError as e:
+            raise ValueError(f"split {self.name!r}: {e}") from None
+        if extra:
+            # Idempotent (dataclasses.replace passes the widened combos back in).
+            added = tuple((c, o) for o in extra for c in OBJECT_COLOURS)
+            for field_name in ("target_combos", "distractor_combos"):
+                have = tuple(getattr(self, field_name))
+                object.__setattr__(self, field_name,
+                                   have + tuple(c for c in added if c not in set(have)))
+        known = set(BUILTIN_OBJECTS) | set(PROCEDURAL_OBJECTS)
         for field_name in ("target_combos", "distractor_combos", "containers"):
             for colour, obj in getattr(self, field_name):
                 if colour not in COLOURS:

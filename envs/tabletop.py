@@ -46,6 +46,7 @@ from envs.physics import PhysicsConfig
 from envs.prompts import PromptStudio, StudioConfig
 from envs.robot import Panda, Workspace
 from envs.scenes import SceneSet, TableLook, TextureFiles, load_scene_set
+from envs.shapes import PROCEDURAL_OBJECTS
 from envs.spec import (
     BACKGROUND_MASK,
     CONTROL_HZ,
@@ -110,7 +111,7 @@ class TabletopEnv(gym.Env):
             raise ValueError(f"max_steps={max_steps} must be >= 1")
         self.split: SplitConfig = resolve_split(split, split_overrides)
         self.split_overrides = dict(split_overrides) if split_overrides else None
-        defs = dict(BUILTIN_OBJECTS)
+        defs = {**BUILTIN_OBJECTS, **PROCEDURAL_OBJECTS}  # drawn only when the split names them
         if self.split.object_set:
             user = load_object_set(self.split.object_set)
             defs.update({d.name: d for d in user})
