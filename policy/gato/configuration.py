@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 
 from policy.base import PolicyConfig
-from policy.tokenizers.images import check_conv_stem
+from policy.tokenizers.images import LITE0_BLOCKS, PATCH_ENCODERS, check_conv_stem
 
 IMAGE_TOKENIZERS = ("patches", "rt1_tokens")
 TEXT_POSITIONS = ("prefix", "per_step")
@@ -60,6 +60,13 @@ class GatoConfig(PolicyConfig):
     # labels are the objects' pixels from the simulator, stored at collection
     # (collect.object_pixels=true). Needs image_tokenizer='patches'. 0 = off
     grounding_loss: float = 0.0
+    # the per-patch encoder of image_tokenizer='patches': "resnet" (Gato's lift + ResNet v2
+    # block, from scratch) or "efficientnet_lite0" (not in Gato: ImageNet EfficientNet-Lite0's
+    # stem + first lite_blocks blocks on every patch, the first lite_frozen frozen; with
+    # pretrained_backbone="imagenet" the shipped weights; patch_channels is its output width)
+    patch_encoder: str = "resnet"
+    lite_blocks: int = 5
+    lite_frozen: int = 3
 
     def __post_init__(self) -> None:
         self.conv_channels = tuple(int(c) for c in self.conv_channels)
@@ -85,6 +92,7 @@ class GatoConfig(PolicyConfig):
                              f"'patches' (got {self.image_tokenizer!r}): it scores image patches")
         if self.image_tokenizer == "rt1_tokens":
             self._check_rt1_tokens()
+        self._check_patch_encoder()
         if not self.text_in_sequence:
             self._check_text_outside_sequence()
         if self.text_position == "per_step" and self.text_mode != "sentence":
@@ -115,6 +123,27 @@ class GatoConfig(PolicyConfig):
                              "convs are FiLM-conditioned on the sentence embedding")
         check_conv_stem(self.conv_channels, self.conv_strides, self.conv_blocks,
                         self.conv_expand, self.conv_fused_stages, self.image_tokens)
+
+    def _check_patch_encoder(self) -> None:
+        if self.patch_encoder not in PATCH_ENCODERS:
+            raise ValueError(f"patch_encoder={self.patch_encoder!r}; expected one of "
+                             f"{PATCH_ENCODERS}")
+        lite = self.patch_encoder == "efficientnet_lite0"
+        if lite and self.image_tokenizer != "patches":
+            raise ValueError(f"patch_encoder='efficientnet_lite0' encodes patches: it needs "
+                             f"image_tokenizer='patches' (got {self.image_tokenizer!r})")
+        if lite and not 1 <= self.lite_blocks <= len(LITE0_BLOCKS):
+            raise ValueError(f"lite_blocks={self.lite_blocks}; expected 1..{len(LITE0_BLOCKS)}")
+        if lite and not 0 <= self.lite_frozen < self.lite_blocks:
+            raise ValueError(f"lite_frozen={self.lite_frozen}; expected 0..{self.lite_blocks - 1}"
+                             f" (lite_blocks={self.lite_blocks}: at least one block trains)")
+        if lite and self.patch_size % 8:
+            raise ValueError(f"patch_encoder='efficientnet_lite0' needs patch_size a multiple "
+                             f"of 8 (its output stride); got {self.patch_size}")
+        if self.pretrained_backbone == "imagenet" and not lite:
+            raise ValueError("pretrained_backbone='imagenet' needs patch_encoder="
+                             f"'efficientnet_lite0' (got {self.patch_encoder!r}); give a file "
+                             "path for other encoders")
 
     def _check_text_outside_sequence(self) -> None:
         if self.image_tokenizer != "rt1_tokens" and not self.patch_film:

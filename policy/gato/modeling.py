@@ -85,6 +85,7 @@ from policy.tokenizers.images import (
     load_backbone,
     preprocess_images,
     random_shift,
+    resolve_pretrained,
 )
 from policy.tokenizers.prompt import slot_mask
 from policy.tokenizers.state import StateTokenizer
@@ -127,7 +128,8 @@ class GatoPolicy(Policy):
         if c.image_tokenizer == "patches":
             self.image_tokenizer = PatchTokenizer(
                 d_model=c.d_model, image_size=size, patch_size=c.patch_size,
-                channels=c.patch_channels, cond_dim=c.text_dim if c.patch_film else None)
+                channels=c.patch_channels, cond_dim=c.text_dim if c.patch_film else None,
+                encoder=c.patch_encoder, lite_blocks=c.lite_blocks, lite_frozen=c.lite_frozen)
             n_image = self.image_tokenizer.num_patches
         else:  # rt1_tokens: RT-1's stem, as RT1Policy builds it
             self.image_tokenizer = RT1ImageTokenizer(
@@ -175,8 +177,10 @@ class GatoPolicy(Policy):
         self.ground_key = nn.Linear(c.d_model, c.d_model) if c.grounding_loss > 0 else None
         self._ground_metrics: tuple[torch.Tensor, dict[str, float]] | None = None
         if c.pretrained_backbone:
-            load_backbone(self.image_tokenizer if c.image_tokenizer == "patches"
-                          else self.image_tokenizer.backbone, c.pretrained_backbone)
+            target = (self.image_tokenizer.backbone if c.image_tokenizer == "rt1_tokens"
+                      else self.image_tokenizer.lite if c.patch_encoder == "efficientnet_lite0"
+                      else self.image_tokenizer)
+            load_backbone(target, resolve_pretrained(c.pretrained_backbone, c.patch_encoder))
         # acting state (see _reset / _act)
         self.use_kv_cache = True  # False: recompute the whole episode per token (reference)
         self.last_logits: torch.Tensor | None = None  # (A, bins) of the last select_action

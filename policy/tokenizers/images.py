@@ -250,7 +250,7 @@ class FiLMEfficientNetLite0(nn.Module):
     filters are what ImageNet gives them.
     """
 
-    def __init__(self, cond_dim: int, blocks: int = 8, out_channels: int = 128,
+    def __init__(self, cond_dim: int | None, blocks: int = 8, out_channels: int = 128,
                  frozen: int = 0) -> None:
         super().__init__()
         if not 1 <= blocks <= len(LITE0_BLOCKS):
@@ -261,7 +261,7 @@ class FiLMEfficientNetLite0(nn.Module):
         self.frozen = frozen
         self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, stride=2, padding=1, bias=False),
                                   ChannelAffine(32), nn.ReLU6())
-        self.stem_film = FiLM(cond_dim, 32) if not frozen else None
+        self.stem_film = FiLM(cond_dim, 32) if not frozen and cond_dim else None
         layers, total_stride = [], 2
         for i, (cin, cout, kernel, stride, expand) in enumerate(LITE0_BLOCKS[:blocks]):
             stride = stride if total_stride < 8 else 1
@@ -285,7 +285,9 @@ class FiLMEfficientNetLite0(nn.Module):
                 for block in self.blocks[:self.frozen]:
                     x = block(x, None)
         else:
-            x = self.stem_film(self.stem(x), cond)
+            x = self.stem(x)
+            if self.stem_film is not None:
+                x = self.stem_film(x, cond)
         for block in self.blocks[self.frozen:]:
             x = block(x, cond)
         return self.head(x)
@@ -353,6 +355,9 @@ class TokenLearner(nn.Module):
 
 
 BACKBONES = ("film_efficientnet", "efficientnet_lite0")
+# Gato's per-patch encoders: "resnet" (Gato's lift + ResNet v2 block, from scratch) or
+# "efficientnet_lite0" (ImageNet EfficientNet-Lite0's first blocks on each patch alone)
+PATCH_ENCODERS = ("resnet", "efficientnet_lite0")
 
 
 def check_conv_stem(channels: Sequence[int], strides: Sequence[int], blocks: int, expand: int,
@@ -454,21 +459,40 @@ class PatchTokenizer(nn.Module):
     ``cond_dim`` (not in Gato): FiLM layers after the lift and after the block, conditioned on
     a (N, cond_dim) vector such as the instruction embedding, as RT-1 conditions its convs;
     identity at initialisation.
+
+    ``encoder="efficientnet_lite0"`` (not in Gato): instead of the lift and the block, the
+    stem and first ``lite_blocks`` blocks of EfficientNet-Lite0 (FiLMEfficientNetLite0: the
+    first ``lite_frozen`` frozen, output stride 8, ``channels`` wide) encode each patch on its
+    own, so a 16 px patch gives a 2x2 map; load its ImageNet weights into ``self.lite``. With
+    ``cond_dim`` its trained blocks carry FiLM.
     """
 
     def __init__(self, *, d_model: int, image_size: int, patch_size: int = 16,
-                 channels: int = 32, cond_dim: int | None = None) -> None:
+                 channels: int = 32, cond_dim: int | None = None, encoder: str = "resnet",
+                 lite_blocks: int = 5, lite_frozen: int = 3) -> None:
         super().__init__()
         if image_size % patch_size or patch_size % 2:
             raise ValueError(f"image size {image_size} must be a multiple of patch_size "
                              f"{patch_size} (itself even)")
+        if encoder not in PATCH_ENCODERS:
+            raise ValueError(f"patch encoder {encoder!r}; expected one of {PATCH_ENCODERS}")
         self.patch_size = patch_size
         self.grid = image_size // patch_size
-        self.lift = nn.Conv2d(3, channels, 2, stride=2)
-        self.block = ResNetV2Block(channels)
-        self.films = (nn.ModuleList([FiLM(cond_dim, channels), FiLM(cond_dim, channels)])
-                      if cond_dim else None)
-        self.proj = nn.Linear(channels * (patch_size // 2) ** 2, d_model)
+        self.cond_dim = cond_dim
+        if encoder == "resnet":
+            self.lite = None
+            self.lift = nn.Conv2d(3, channels, 2, stride=2)
+            self.block = ResNetV2Block(channels)
+            self.films = (nn.ModuleList([FiLM(cond_dim, channels), FiLM(cond_dim, channels)])
+                          if cond_dim else None)
+            self.proj = nn.Linear(channels * (patch_size // 2) ** 2, d_model)
+        else:  # efficientnet_lite0: its ImageNet layers on every patch alone (stride 8)
+            if patch_size % 8:
+                raise ValueError(f"patch encoder 'efficientnet_lite0' needs patch_size a "
+                                 f"multiple of 8 (its output stride); got {patch_size}")
+            self.lite = FiLMEfficientNetLite0(cond_dim, lite_blocks, channels, lite_frozen)
+            self.films = None
+            self.proj = nn.Linear(channels * (patch_size // 8) ** 2, d_model)
         self.row = nn.Parameter(torch.randn(self.grid, d_model) * 0.02)
         self.col = nn.Parameter(torch.randn(self.grid, d_model) * 0.02)
 
@@ -481,20 +505,31 @@ class PatchTokenizer(nn.Module):
         if h != w or h // self.patch_size != self.grid:
             raise ValueError(f"image {h}x{w} does not give a {self.grid}x{self.grid} patch grid "
                              f"of {self.patch_size} px")
-        if (cond is None) != (self.films is None):
+        if (cond is None) != (self.cond_dim is None):
             raise ValueError("cond is required exactly when the tokenizer has FiLM (cond_dim)")
+        if self.lite is not None:
+            # the Lite models' [-1, 1] inputs, each patch encoded on its own, as Gato's are
+            x = rearrange(images * 2.0 - 1.0, "n c (gh p1) (gw p2) -> (n gh gw) c p1 p2",
+                          p1=self.patch_size, p2=self.patch_size)
+            if cond is not None:
+                cond = cond.repeat_interleave(self.num_patches, dim=0)
+            x = self.lite(x, cond)
+        else:
+            x = self._resnet(images, cond)
+        x = self.proj(rearrange(x, "(n g) c h w -> n g (c h w)", n=n))  # (N, P, d)
+        pos = rearrange(self.row, "r d -> r 1 d") + rearrange(self.col, "c d -> 1 c d")
+        return x + rearrange(pos, "r c d -> (r c) d")
+
+    def _resnet(self, images: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """Gato's encoder: lift + one ResNet v2 block per patch -> (N * P, C, p/2, p/2)."""
         x = (images * 2.0 - 1.0) / math.sqrt(self.patch_size)  # Gato's patch normalization
         x = rearrange(x, "n c (gh p1) (gw p2) -> (n gh gw) c p1 p2",
                       p1=self.patch_size, p2=self.patch_size)
         x = self.lift(x)
         if self.films is not None:
             cond = cond.repeat_interleave(self.num_patches, dim=0)  # one row per patch
-            x = self.films[1](self.block(self.films[0](x, cond)), cond)
-        else:
-            x = self.block(x)
-        x = self.proj(rearrange(x, "(n g) c h w -> n g (c h w)", n=n))  # (N, P, d)
-        pos = rearrange(self.row, "r d -> r 1 d") + rearrange(self.col, "c d -> 1 c d")
-        return x + rearrange(pos, "r c d -> (r c) d")
+            return self.films[1](self.block(self.films[0](x, cond)), cond)
+        return self.block(x)
 
 
 def load_backbone(module: nn.Module, path: str | Path) -> list[str]:
