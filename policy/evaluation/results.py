@@ -43,6 +43,9 @@ class EpisodeResult:
     # Task.milestones, e.g. "reached", "grasped", "carried"), "none" before the first,
     # "" where unknown (reports written before milestones existed).
     furthest: str = ""
+    # A multimodal prompt's words that the crops stood for, in slot order (envs/prompts.py:
+    # the env's prompt_words, e.g. ("red octagon",)); empty for a text-only instruction.
+    prompt_words: tuple[str, ...] = ()
 
     @property
     def key(self) -> EpisodeSpec:
@@ -58,6 +61,7 @@ class EpisodeResult:
         d = dict(d)
         try:
             d["episode_return"] = d.pop("return")
+            d["prompt_words"] = tuple(d.get("prompt_words", ()))
             return cls(**d)
         except (KeyError, TypeError) as err:
             raise ValueError(f"malformed episode row {d!r}: {err}") from err

@@ -77,6 +77,7 @@ def run_episode(env: Any, actor: Actor, spec: EpisodeSpec, record: bool = False)
         episode_return=round(total, 6),
         ended_by=ended_by,
         furthest=milestone_name(env, furthest) if "milestone" in info else "",
+        prompt_words=tuple(str(w) for w in getattr(env, "prompt_words", ())),
     )
     return Rollout(result, frames)
 

@@ -52,7 +52,7 @@ def test_eval_info_has_rows_and_aggregates_with_intervals(tmp_path: Path):
     info = json.loads((tmp_path / "eval_info.json").read_text())
     first = info["episodes"][0]
     assert set(first) == {"policy", "task", "split", "index", "seed", "instruction", "success",
-                          "steps", "return", "ended_by", "error", "furthest"}
+                          "steps", "return", "ended_by", "error", "furthest", "prompt_words"}
     assert (first["policy"], first["task"], first["split"], first["index"]) == (
         "rt1", "pick", "seen", 0)  # back in plan order
     aggs = {(a["policy"], a["task"], a["split"]): a for a in info["aggregates"]}

@@ -238,6 +238,12 @@ def test_visual_prompt_levels_run_a_prompt_reading_checkpoint_and_refuse_a_text_
     rows = report.rows
     assert {r.split for r in rows} == set(splits)
     assert all("{image}" in r.instruction for r in rows if r.policy != "random")
+    # each row names what its crops showed: a held-out object on the unseen level
+    held_out = ("hexagon", "prism", "octagon", "duck", "mug")
+    assert all(len(r.prompt_words) == r.instruction.count("{image}") >= 1
+               for r in rows if r.policy != "random")
+    assert all(any(n in " ".join(r.prompt_words) for n in held_out)
+               for r in rows if r.split == "visual_prompt_unseen_object")
     oracle = [r.success for r in rows if r.policy == "oracle"]
     assert len(oracle) == 2 * len(splits) and all(oracle)
     report_md = (tmp_path / "eval" / "report.md").read_text()
