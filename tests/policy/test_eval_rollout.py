@@ -82,7 +82,8 @@ def test_report_of_a_tiny_checkpoint_has_every_field(report_dir: Path, checkpoin
     assert len(rows) == 3 * len(envs.SPLITS) * 2
     for row in rows:
         assert set(row) == {"policy", "task", "split", "index", "seed", "instruction",
-                            "success", "steps", "return", "ended_by", "error", "furthest"}
+                            "success", "steps", "return", "ended_by", "error", "furthest",
+                            "prompt_words"}
         assert row["seed"] >= EVAL_SEED_START and row["instruction"] and row["steps"] >= 1
         assert row["ended_by"] in ("terminate", "step_limit")
     # the oracle and the baselines ran on the checkpoint's very seeds and scenes
