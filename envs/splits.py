@@ -107,8 +107,9 @@ class SplitConfig:
             added = tuple((c, o) for o in extra for c in OBJECT_COLOURS)
             for field_name in ("target_combos", "distractor_combos"):
                 have = tuple(getattr(self, field_name))
+                present = set(have)
                 object.__setattr__(self, field_name,
-                                   have + tuple(c for c in added if c not in set(have)))
+                                   have + tuple(c for c in added if c not in present))
         known = set(BUILTIN_OBJECTS) | set(PROCEDURAL_OBJECTS)
         for field_name in ("target_combos", "distractor_combos", "containers"):
             for colour, obj in getattr(self, field_name):

@@ -507,27 +507,24 @@ class PatchTokenizer(nn.Module):
                              f"of {self.patch_size} px")
         if (cond is None) != (self.cond_dim is None):
             raise ValueError("cond is required exactly when the tokenizer has FiLM (cond_dim)")
-        if self.lite is not None:
-            # the Lite models' [-1, 1] inputs, each patch encoded on its own, as Gato's are
-            x = rearrange(images * 2.0 - 1.0, "n c (gh p1) (gw p2) -> (n gh gw) c p1 p2",
-                          p1=self.patch_size, p2=self.patch_size)
-            if cond is not None:
-                cond = cond.repeat_interleave(self.num_patches, dim=0)
-            x = self.lite(x, cond)
-        else:
-            x = self._resnet(images, cond)
+        x = images * 2.0 - 1.0  # [-1, 1]: Gato's inputs and the Lite models' alike
+        if self.lite is None:
+            x = x / math.sqrt(self.patch_size)  # Gato's patch normalization
+        # each patch is encoded on its own, as Gato's are
+        x = rearrange(x, "n c (gh p1) (gw p2) -> (n gh gw) c p1 p2",
+                      p1=self.patch_size, p2=self.patch_size)
+        if cond is not None:
+            cond = cond.repeat_interleave(self.num_patches, dim=0)  # one row per patch
+        x = self._resnet(x, cond) if self.lite is None else self.lite(x, cond)
         x = self.proj(rearrange(x, "(n g) c h w -> n g (c h w)", n=n))  # (N, P, d)
         pos = rearrange(self.row, "r d -> r 1 d") + rearrange(self.col, "c d -> 1 c d")
         return x + rearrange(pos, "r c d -> (r c) d")
 
-    def _resnet(self, images: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        """Gato's encoder: lift + one ResNet v2 block per patch -> (N * P, C, p/2, p/2)."""
-        x = (images * 2.0 - 1.0) / math.sqrt(self.patch_size)  # Gato's patch normalization
-        x = rearrange(x, "n c (gh p1) (gw p2) -> (n gh gw) c p1 p2",
-                      p1=self.patch_size, p2=self.patch_size)
+    def _resnet(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """Gato's encoder on patches (N * P, 3, p, p): lift + one ResNet v2 block ->
+        (N * P, C, p/2, p/2); ``cond`` (N * P, cond_dim) for the FiLM layers."""
         x = self.lift(x)
         if self.films is not None:
-            cond = cond.repeat_interleave(self.num_patches, dim=0)  # one row per patch
             return self.films[1](self.block(self.films[0](x, cond)), cond)
         return self.block(x)
 
