@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from policy.base import PolicyConfig
 from policy.tokenizers.images import LITE0_BLOCKS, PATCH_ENCODERS, check_conv_stem
 
-IMAGE_TOKENIZERS = ("patches", "rt1_tokens")
+IMAGE_TOKENIZERS = ("patches", "rt1_tokens", "film_grid")
 TEXT_POSITIONS = ("prefix", "per_step")
 READOUTS = ("per_token", "frame_mean")
 
@@ -38,7 +38,9 @@ class GatoConfig(PolicyConfig):
     max_text_tokens: int = 16  # subword mode: instruction truncated to this many ids
     mu: float = 100.0  # mu-law mu (Gato: 100)
     mu_m: float = 256.0  # mu-law M (Gato: 256)
-    # "patches": Gato's; "rt1_tokens" (not Gato): RT-1's FiLM conv stem + TokenLearner tokens
+    # "patches": Gato's; "rt1_tokens" (not Gato): RT-1's FiLM conv stem + TokenLearner tokens;
+    # "film_grid" (not Gato): RT-1's FiLM conv stem over the whole frame, its feature map
+    # averaged over the patch grid: one token per patch_size x patch_size patch, as "patches"
     image_tokenizer: str = "patches"
     image_tokens: int = 8  # rt1_tokens: TokenLearner tokens per frame (RT-1: 8)
     conv_channels: tuple[int, ...] = (16, 32, 64, 128)  # rt1_tokens: RT-1's stem, then stages
@@ -87,10 +89,11 @@ class GatoConfig(PolicyConfig):
         if self.aux_frame_mean > 0 and self.readout != "per_token":
             raise ValueError(f"aux_frame_mean={self.aux_frame_mean} needs readout='per_token' "
                              f"(got {self.readout!r}): frame_mean already reads the frame mean")
-        if self.grounding_loss > 0 and self.image_tokenizer != "patches":
+        if self.grounding_loss > 0 and self.image_tokenizer == "rt1_tokens":
             raise ValueError(f"grounding_loss={self.grounding_loss} needs image_tokenizer="
-                             f"'patches' (got {self.image_tokenizer!r}): it scores image patches")
-        if self.image_tokenizer == "rt1_tokens":
+                             f"'patches' or 'film_grid' (got {self.image_tokenizer!r}): it scores "
+                             "image patches")
+        if self.image_tokenizer in ("rt1_tokens", "film_grid"):
             self._check_rt1_tokens()
         self._check_patch_encoder()
         if not self.text_in_sequence:
@@ -118,8 +121,8 @@ class GatoConfig(PolicyConfig):
 
     def _check_rt1_tokens(self) -> None:
         if self.text_mode != "sentence" or self.patch_film:
-            raise ValueError(f"image_tokenizer='rt1_tokens' needs text_mode='sentence' and "
-                             f"patch_film=False (got {self.text_mode!r}, {self.patch_film}): its "
+            raise ValueError(f"image_tokenizer={self.image_tokenizer!r} needs text_mode='sentence' "
+                             f"and patch_film=False (got {self.text_mode!r}, {self.patch_film}): its "
                              "convs are FiLM-conditioned on the sentence embedding")
         check_conv_stem(self.conv_channels, self.conv_strides, self.conv_blocks,
                         self.conv_expand, self.conv_fused_stages, self.image_tokens)
@@ -146,9 +149,9 @@ class GatoConfig(PolicyConfig):
                              "path for other encoders")
 
     def _check_text_outside_sequence(self) -> None:
-        if self.image_tokenizer != "rt1_tokens" and not self.patch_film:
+        if self.image_tokenizer == "patches" and not self.patch_film:
             raise ValueError("text_in_sequence=False needs the sentence in the image stem "
-                             "(image_tokenizer='rt1_tokens' or patch_film=True); with "
+                             "(image_tokenizer='rt1_tokens' or 'film_grid', or patch_film=True); with "
                              f"image_tokenizer={self.image_tokenizer!r} and patch_film=False "
                              "the policy would never see its instruction")
         if self.text_position != "prefix":

@@ -23,6 +23,12 @@ tokens and Gato's mu-law bins:
   (:class:`~policy.tokenizers.images.RT1ImageTokenizer`: a FiLM-conditioned conv net over
   the whole frame, Fourier positions, TokenLearner to ``image_tokens`` tokens), so the image
   stem and the decoding can be judged apart.
+- ``image_tokenizer="film_grid"``: RT-1's FiLM-conditioned conv net over the whole frame, its
+  feature map (with Fourier positions) averaged over the patch grid, so each frame gives one
+  token per ``patch_size`` patch in row-major order, as Gato's patches, but each computed
+  with the instruction by a deep stem that sees past its patch (a ViT "hybrid" tokenizer).
+  It separates "conditioned on the words by a deep stem" from TokenLearner's pooling by
+  content; ``grounding_loss`` scores its tokens as patches.
 - ``text_position="per_step"``: the text token is repeated in every step, after its image and
   state tokens and just before the separator, instead of once before the first step; the
   text token can then attend to the patches of its own frame, and every action token has the
@@ -131,12 +137,17 @@ class GatoPolicy(Policy):
                 channels=c.patch_channels, cond_dim=c.text_dim if c.patch_film else None,
                 encoder=c.patch_encoder, lite_blocks=c.lite_blocks, lite_frozen=c.lite_frozen)
             n_image = self.image_tokenizer.num_patches
-        else:  # rt1_tokens: RT-1's stem, as RT1Policy builds it
+        else:  # rt1_tokens / film_grid: RT-1's stem, as RT1Policy builds it
+            grid = size // c.patch_size if c.image_tokenizer == "film_grid" else None
+            if grid is not None and size % c.patch_size:
+                raise ValueError(f"image_tokenizer='film_grid': a {size} px frame does not cut "
+                                 f"into {c.patch_size} px patches; set resize_to to a multiple "
+                                 "of patch_size")
             self.image_tokenizer = RT1ImageTokenizer(
                 d_model=c.d_model, text_dim=c.text_dim, channels=c.conv_channels,
                 strides=c.conv_strides, blocks=c.conv_blocks, expand=c.conv_expand,
-                num_tokens=c.image_tokens, fused_stages=c.conv_fused_stages)
-            n_image = c.image_tokens
+                num_tokens=c.image_tokens, fused_stages=c.conv_fused_stages, grid=grid)
+            n_image = c.image_tokens if grid is None else grid * grid
         self.state_tokenizer = (StateTokenizer(state_dim=len(STATE_NAMES), d_model=c.d_model,
                                                stats=self.stats) if c.use_state else None)
         if c.text_mode == "sentence":
@@ -177,7 +188,7 @@ class GatoPolicy(Policy):
         self.ground_key = nn.Linear(c.d_model, c.d_model) if c.grounding_loss > 0 else None
         self._ground_metrics: tuple[torch.Tensor, dict[str, float]] | None = None
         if c.pretrained_backbone:
-            target = (self.image_tokenizer.backbone if c.image_tokenizer == "rt1_tokens"
+            target = (self.image_tokenizer.backbone if c.image_tokenizer != "patches"
                       else self.image_tokenizer.lite if c.patch_encoder == "efficientnet_lite0"
                       else self.image_tokenizer)
             load_backbone(target, resolve_pretrained(c.pretrained_backbone, c.patch_encoder))
@@ -212,7 +223,7 @@ class GatoPolicy(Policy):
             norm = self.text_proj[0](emb)
             tokens = rearrange(self.text_proj[1](norm), "b d -> b 1 d")
             mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=self.device)
-            cond = norm if c.patch_film else emb if c.image_tokenizer == "rt1_tokens" else None
+            cond = norm if c.patch_film else emb if c.image_tokenizer != "patches" else None
             return tokens, mask, cond
         ids, mask = get_subword_tokenizer(c.text_encoder).encode(list(instructions),
                                                                  c.max_text_tokens)

@@ -398,8 +398,13 @@ class RT1ImageTokenizer(nn.Module):
                  strides: Sequence[int], blocks: int, expand: int, num_tokens: int,
                  fused_stages: int = 0, position_encoding: bool = True,
                  text_norm: bool = True, backbone: str = "film_efficientnet",
-                 lite_blocks: int = 8, lite_frozen: int = 0) -> None:
+                 lite_blocks: int = 8, lite_frozen: int = 0, grid: int | None = None) -> None:
+        """``grid``: None pools the feature map to ``num_tokens`` tokens by TokenLearner (RT-1);
+        an int g averages it over a g x g grid instead, one token per cell in row-major order
+        (the cells of g x g image patches), so every token stands for one place in the frame."""
         super().__init__()
+        if grid is not None and grid < 1:
+            raise ValueError(f"grid={grid}; expected None (TokenLearner) or a grid side >= 1")
         if backbone == "film_efficientnet":
             self.backbone: nn.Module = FiLMEfficientNet(channels, strides, blocks, expand,
                                                         text_dim, fused_stages)
@@ -417,7 +422,9 @@ class RT1ImageTokenizer(nn.Module):
         # docs/experiments/2026-11-28-what-made-it-learn.md). False: the embedding as the
         # encoder gives it (an ablation).
         self.text_norm = nn.LayerNorm(text_dim) if text_norm else nn.Identity()
-        self.token_learner = TokenLearner(self.backbone.out_channels, num_tokens)
+        self.grid = grid
+        self.token_learner = (TokenLearner(self.backbone.out_channels, num_tokens)
+                              if grid is None else None)
         self.proj = nn.Linear(self.backbone.out_channels, d_model)
         # ImageNet statistics: harmless from scratch, and what a pretrained backbone expects;
         # the Lite models were trained on [-1, 1] inputs ((x - 127) / 128 on 0..255)
@@ -431,6 +438,13 @@ class RT1ImageTokenizer(nn.Module):
         x = self.backbone((images - self.mean) / self.std, self.text_norm(text))
         if self.positions is not None:
             x = self.positions(x)
+        if self.token_learner is None:  # grid: the mean of each cell, row-major
+            if x.shape[-1] % self.grid or x.shape[-2] % self.grid:
+                raise ValueError(f"feature map {tuple(x.shape[-2:])} does not divide into a "
+                                 f"{self.grid}x{self.grid} grid; use an image size whose map "
+                                 "(image / the stem's stride) is a multiple of the grid")
+            x = rearrange(F.adaptive_avg_pool2d(x, self.grid), "n c h w -> n (h w) c")
+            return self.proj(x)
         return self.proj(self.token_learner(x))
 
 

@@ -1,0 +1,112 @@
+"""Gato on patch tokens from RT-1's FiLM stem (GatoConfig.image_tokenizer="film_grid"): the
+stem runs over the whole frame, conditioned on the sentence, and its feature map is averaged
+over the patch grid, one token per patch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from envs.spec import DEFAULT_ACTION_SPEC, OBJECT_PIXELS
+from policy import Policy, make_policy
+from policy.gato import GatoConfig
+
+from .test_policies import STATS
+from .test_gato_grounding import _pixels
+
+
+@pytest.fixture
+def build(compose_policy, env_info, text_encoder):
+    def build_one(*overrides: str) -> Policy:
+        torch.manual_seed(0)
+        config = compose_policy("gato_tiny", ("image_tokenizer=film_grid", *overrides))
+        return make_policy(config, DEFAULT_ACTION_SPEC, env_info, STATS)
+
+    return build_one
+
+
+def test_one_token_per_patch_in_row_major_order(build) -> None:
+    """32 px at 8 px patches: 16 tokens; darkening only the bottom-right quarter of the frame
+    moves the bottom-right cells' tokens more than the top-left ones'."""
+    policy = build("patch_size=8").eval()
+    assert policy.n_image == 16
+    tokenizer = policy.image_tokenizer
+    text = torch.randn(1, policy.config.text_dim)
+    x = torch.rand(1, 3, 32, 32)
+    y = x.clone()
+    y[:, :, 16:, 16:] = 0.0
+    with torch.no_grad():
+        a, b = tokenizer(x, text), tokenizer(y, text)
+    assert a.shape == (1, 16, policy.config.d_model)
+    change = (a - b).norm(dim=-1)[0].view(4, 4)
+    assert change[3, 3] > 3 * change[0, 0], change
+
+
+def test_the_sentence_conditions_every_patch(build) -> None:
+    policy = build().eval()
+    image = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        for p in policy.image_tokenizer.parameters():  # FiLM starts at identity: open it
+            p.add_(torch.randn_like(p) * 0.05)
+        one = policy.image_tokenizer(image, torch.randn(1, policy.config.text_dim))
+        two = policy.image_tokenizer(image, torch.randn(1, policy.config.text_dim))
+    assert ((one - two).norm(dim=-1) > 1e-4).all()
+
+
+def test_grounding_loss_scores_the_grid_and_learns_the_marked_patch(build, make_batch) -> None:
+    """The grounding labels (the named object's patch) fit film_grid's tokens as they fit
+    Gato's patches: a white square in one random cell per sample is found well above chance
+    (1 in 16)."""
+    policy = build("patch_size=8", "grounding_loss=1.0", "augment_shift=0",
+                   "augment_mirror=0.0")
+    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    t = policy.config.history
+    accs = []
+    for step in range(80):
+        batch = make_batch(b=16, t=t, seed=step)
+        batch["image"] = batch["image"] // 4
+        cells = torch.randint(0, 16, (16,), generator=gen)
+        for i, cell in enumerate(cells.tolist()):
+            r, c = divmod(cell, 4)
+            batch["image"][i, :, r * 24 + 6:r * 24 + 18, c * 24 + 6:c * 24 + 18] = 255
+        batch[OBJECT_PIXELS] = _pixels(16, t, cells)
+        loss, metrics = policy(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        accs.append(metrics["grounding_acc"])
+    assert math.fsum(accs[-10:]) / 10 > 0.6, accs[-10:]
+
+
+def test_it_acts_and_round_trips_through_a_checkpoint(build, make_obs, tmp_path) -> None:
+    policy = build("aux_frame_mean=1.0").eval()
+    policy.save_pretrained(tmp_path / "ckpt")
+    loaded = Policy.from_pretrained(tmp_path / "ckpt").eval()
+    assert loaded.config.image_tokenizer == "film_grid"
+    for p in (policy, loaded):
+        p.reset()
+    for seed in range(2):
+        assert (policy.select_action(make_obs(seed)) == loaded.select_action(make_obs(seed))).all()
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"image_tokenizer": "film_grid", "patch_film": True}, "needs text_mode='sentence' and "
+                                                           "patch_film=False"),
+    ({"image_tokenizer": "film_grid", "text_mode": "subword"}, "needs text_mode='sentence'"),
+    ({"image_tokenizer": "grid"}, "image_tokenizer='grid'; expected one of"),
+])
+def test_bad_settings_are_named(fields, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        GatoConfig(**fields)
+
+
+def test_a_frame_that_does_not_cut_into_patches_is_named(compose_policy, env_info,
+                                                        text_encoder) -> None:
+    """Native 96 px at 36 px patches: the grid would not cover the frame."""
+    config = compose_policy("gato_tiny", ("image_tokenizer=film_grid", "resize_to=null",
+                                          "patch_size=36"))
+    with pytest.raises(ValueError, match="96 px frame does not cut into 36 px patches"):
+        make_policy(config, DEFAULT_ACTION_SPEC, env_info, STATS)
