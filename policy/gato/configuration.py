@@ -121,9 +121,10 @@ class GatoConfig(PolicyConfig):
 
     def _check_rt1_tokens(self) -> None:
         if self.text_mode != "sentence" or self.patch_film:
-            raise ValueError(f"image_tokenizer={self.image_tokenizer!r} needs text_mode='sentence' "
-                             f"and patch_film=False (got {self.text_mode!r}, {self.patch_film}): its "
-                             "convs are FiLM-conditioned on the sentence embedding")
+            raise ValueError(f"image_tokenizer={self.image_tokenizer!r} needs "
+                             f"text_mode='sentence' and patch_film=False (got "
+                             f"{self.text_mode!r}, {self.patch_film}): its convs are "
+                             "FiLM-conditioned on the sentence embedding")
         check_conv_stem(self.conv_channels, self.conv_strides, self.conv_blocks,
                         self.conv_expand, self.conv_fused_stages, self.image_tokens)
 
@@ -151,7 +152,8 @@ class GatoConfig(PolicyConfig):
     def _check_text_outside_sequence(self) -> None:
         if self.image_tokenizer == "patches" and not self.patch_film:
             raise ValueError("text_in_sequence=False needs the sentence in the image stem "
-                             "(image_tokenizer='rt1_tokens' or 'film_grid', or patch_film=True); with "
+                             "(image_tokenizer='rt1_tokens' or 'film_grid', or "
+                             "patch_film=True); with "
                              f"image_tokenizer={self.image_tokenizer!r} and patch_film=False "
                              "the policy would never see its instruction")
         if self.text_position != "prefix":

@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 
-from envs.spec import DEFAULT_ACTION_SPEC, OBJECT_PIXELS
+from envs.spec import DEFAULT_ACTION_SPEC
 from policy import Policy, make_policy
 from policy.gato import GatoConfig
 
+from .test_gato_grounding import marked_patch_accuracies
 from .test_policies import STATS
-from .test_gato_grounding import _pixels
 
 
 @pytest.fixture
@@ -59,25 +59,8 @@ def test_grounding_loss_scores_the_grid_and_learns_the_marked_patch(build, make_
     """The grounding labels (the named object's patch) fit film_grid's tokens as they fit
     Gato's patches: a white square in one random cell per sample is found well above chance
     (1 in 16)."""
-    policy = build("patch_size=8", "grounding_loss=1.0", "augment_shift=0",
-                   "augment_mirror=0.0")
-    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    t = policy.config.history
-    accs = []
-    for step in range(80):
-        batch = make_batch(b=16, t=t, seed=step)
-        batch["image"] = batch["image"] // 4
-        cells = torch.randint(0, 16, (16,), generator=gen)
-        for i, cell in enumerate(cells.tolist()):
-            r, c = divmod(cell, 4)
-            batch["image"][i, :, r * 24 + 6:r * 24 + 18, c * 24 + 6:c * 24 + 18] = 255
-        batch[OBJECT_PIXELS] = _pixels(16, t, cells)
-        loss, metrics = policy(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        accs.append(metrics["grounding_acc"])
+    accs = marked_patch_accuracies(build("patch_size=8", "grounding_loss=1.0", "augment_shift=0",
+                                         "augment_mirror=0.0"), make_batch)
     assert math.fsum(accs[-10:]) / 10 > 0.6, accs[-10:]
 
 
