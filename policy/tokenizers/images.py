@@ -438,7 +438,7 @@ class RT1ImageTokenizer(nn.Module):
         x = self.backbone((images - self.mean) / self.std, self.text_norm(text))
         if self.positions is not None:
             x = self.positions(x)
-        if self.token_learner is None:  # grid: the mean of each cell, row-major
+        if self.grid is not None:  # the mean of each grid cell, row-major
             if x.shape[-1] % self.grid or x.shape[-2] % self.grid:
                 raise ValueError(f"feature map {tuple(x.shape[-2:])} does not divide into a "
                                  f"{self.grid}x{self.grid} grid; use an image size whose map "
