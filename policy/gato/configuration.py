@@ -19,6 +19,7 @@ from policy.tokenizers.images import LITE0_BLOCKS, PATCH_ENCODERS, check_conv_st
 IMAGE_TOKENIZERS = ("patches", "rt1_tokens", "film_grid")
 TEXT_POSITIONS = ("prefix", "per_step")
 READOUTS = ("per_token", "frame_mean")
+ACT_READOUTS = ("per_token", "aux_frame_mean")
 
 
 @dataclass
@@ -56,6 +57,12 @@ class GatoConfig(PolicyConfig):
     # > 0: weight of an auxiliary training loss from a frame-mean head over each step's
     # observation tokens (not the action tokens); acting stays per-token. 0 = off
     aux_frame_mean: float = 0.0
+    # how a per_token policy acts: "per_token" (Gato: the action tokens decoded one by one) |
+    # "aux_frame_mean" (a diagnostic, not Gato: every dimension's bins from aux_frame_mean's
+    # head over the step's observation tokens, the chosen bins then fed as the step's action
+    # tokens). It separates what the observation tokens hold from what per-token decoding
+    # reads out of them; set it in a copy of a checkpoint's config.json to evaluate it.
+    act_readout: str = "per_token"
     # > 0: weight of an auxiliary grounding loss (not in Gato): from
     # the instruction's tokens, score every image patch of each frame and predict the one
     # that holds the named object (and the second object of place, stack and move_near). The
@@ -86,6 +93,11 @@ class GatoConfig(PolicyConfig):
             weight = getattr(self, name)
             if not math.isfinite(weight) or weight < 0:
                 raise ValueError(f"{name}={weight}; expected a finite weight >= 0 (0: off)")
+        if self.act_readout not in ACT_READOUTS:
+            raise ValueError(f"act_readout={self.act_readout!r}; expected one of {ACT_READOUTS}")
+        if self.act_readout == "aux_frame_mean" and not self.aux_frame_mean > 0:
+            raise ValueError("act_readout='aux_frame_mean' acts through aux_frame_mean's head; "
+                             f"expected aux_frame_mean > 0 (got {self.aux_frame_mean})")
         if self.aux_frame_mean > 0 and self.readout != "per_token":
             raise ValueError(f"aux_frame_mean={self.aux_frame_mean} needs readout='per_token' "
                              f"(got {self.readout!r}): frame_mean already reads the frame mean")

@@ -453,9 +453,28 @@ class GatoPolicy(Policy):
             self._k_step, self._k_pos = self._k_step[keep], self._k_pos[keep]
         if self.frame_mean:  # x is this step's tokens alone (nothing pending)
             return self._finish_step(self.frame_logits(h[0]))
-        # Every key now in the cache is text or a step inside the window of step s, and each
-        # action token is the newest position: it may see every key, so it needs no mask.
-        # Its step and position are booked once after the loop (nothing reads them before).
+        if self.config.act_readout == "aux_frame_mean":
+            # the diagnostic readout: all bins from the aux head, then fed as action tokens
+            logits = self.frame_logits(h[0, -obs.shape[1]:], self.aux_head)
+            emb = self.action_tokens(logits.argmax(-1)[None])  # (1, A, d)
+            for i in range(self.n_actions - 1):  # one at a time: each the newest, no mask
+                self.transformer(emb[:, i:i + 1], None, self._cache)
+            self._pending = emb[:, -1:]
+        else:
+            logits = self._decode_tokens(h)
+        fed = self.n_actions - 1
+        self._k_step = torch.cat([self._k_step, self._k_step.new_full((fed,), s)])
+        self._k_pos = torch.cat([self._k_pos, torch.arange(
+            self._next_pos, self._next_pos + fed, device=self._k_pos.device)])
+        self._next_pos += fed
+        return self._finish_step(logits)
+
+    def _decode_tokens(self, h: torch.Tensor) -> torch.Tensor:
+        """Gato's decoding: one action token at a time from the cache -> logits (A, K).
+
+        Every key now in the cache is text or a step inside the window of this step, and each
+        action token is the newest position: it may see every key, so it needs no mask. Its
+        step and position are booked by the caller (nothing reads them before)."""
         logits, tokens = [], []
         for i in range(self.n_actions):
             logits.append(self.head(h[0, -1]))  # (K,)
@@ -465,12 +484,7 @@ class GatoPolicy(Policy):
                 h = self.transformer(emb, None, self._cache)
             else:
                 self._pending = emb
-        fed = self.n_actions - 1
-        self._k_step = torch.cat([self._k_step, self._k_step.new_full((fed,), s)])
-        self._k_pos = torch.cat([self._k_pos, torch.arange(
-            self._next_pos, self._next_pos + fed, device=self._k_pos.device)])
-        self._next_pos += fed
-        return self._finish_step(torch.stack(logits))
+        return torch.stack(logits)
 
     def _finish_step(self, logits: torch.Tensor) -> torch.Tensor:
         """Book the step; logits (A, K) -> the greedy action (A,)."""
@@ -497,6 +511,11 @@ class GatoPolicy(Policy):
         if self.frame_mean:
             logits = self.frame_logits(hidden(obs)[-obs.shape[1]:])
             self._history.append(obs)
+            return self._finish_step(logits)
+        if self.config.act_readout == "aux_frame_mean":
+            logits = self.frame_logits(hidden(obs)[-obs.shape[1]:], self.aux_head)
+            self._history.append(torch.cat([obs, self.action_tokens(logits.argmax(-1)[None])],
+                                           dim=1))
             return self._finish_step(logits)
         logits, tokens = [], []
         current = obs

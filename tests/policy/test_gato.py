@@ -20,7 +20,7 @@ from policy.tokenizers.images import FiLM, RT1ImageTokenizer
 
 NEW_FIELDS = ("image_tokenizer", "image_tokens", "conv_channels", "conv_strides", "conv_blocks",
               "conv_expand", "conv_fused_stages", "text_position", "readout",
-              "text_in_sequence", "aux_frame_mean")
+              "text_in_sequence", "aux_frame_mean", "act_readout")
 
 
 def _build(compose_policy, env_info, *overrides: str) -> GatoPolicy:
@@ -108,6 +108,7 @@ def test_checkpoints_saved_before_the_options_load_as_gato(compose_policy, env_i
     assert loaded.config.text_position == "prefix"
     assert loaded.config.readout == "per_token" and loaded.config.text_in_sequence
     assert loaded.config.aux_frame_mean == 0.0 and loaded.aux_head is None
+    assert loaded.config.act_readout == "per_token"
     batch = make_batch(b=2, t=policy.config.history)
     with torch.no_grad():
         assert torch.equal(loaded.logits_and_targets(batch)[0],
