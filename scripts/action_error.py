@@ -9,7 +9,7 @@ about. Collect STORE with another seed_start than the training data for held-out
     python scripts/collect.py output=/tmp/heldout collect.tasks=[pick] collect.episodes=100 \
         collect.seed_start=500000000 env.image_size=64
     python scripts/action_error.py /tmp/heldout CKPT [CKPT ...] [--samples 512] [--tasks pick]
-        [--swap-instructions]
+        [--swap-instructions] [--aux-head]
 
 --swap-instructions adds a second column per checkpoint: the same windows, each under
 another window's instruction. x/y error that does not grow there: the policy ignores the
@@ -56,6 +56,9 @@ def main() -> None:
     ap.add_argument("--swap-instructions", action="store_true",
                     help="also score each checkpoint with every window given another window's "
                          "instruction (does the policy use its instruction?)")
+    ap.add_argument("--aux-head", action="store_true",
+                    help="also score the auxiliary frame-mean head of every checkpoint that "
+                         "has one (Gato with aux_frame_mean > 0)")
     args = ap.parse_args()
     if args.samples < 1 or args.batch_size < 1:
         ap.error(f"--samples {args.samples} and --batch-size {args.batch_size} must be >= 1")
@@ -84,6 +87,9 @@ def main() -> None:
         for swap in (False, True) if args.swap_instructions else (False,):
             results[f"{label}, swapped" if swap else label] = action_error(
                 policy, batches[history], swap)
+        if args.aux_head and getattr(policy, "aux_head", None) is not None:
+            results[f"{label}, aux head"] = action_error(policy, batches[history],
+                                                         aux_head=True)
         print(f"{label}: {policy.kind}, history {history}", flush=True)
     print(f"\nmean absolute action error, {len(idx)} windows of {args.store}"
           f"{' (tasks ' + args.tasks + ')' if tasks else ''}\n")

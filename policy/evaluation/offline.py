@@ -62,14 +62,20 @@ def swap_instructions(instructions: list[str]) -> tuple[list[str], int]:
 
 
 def action_error(policy: Any, batches: Iterable[Mapping[str, Any]],
-                 swap: bool = False) -> list[DimError]:
+                 swap: bool = False, aux_head: bool = False) -> list[DimError]:
     """Greedy teacher-forced action error of ``policy`` on contract batches, per dimension.
 
     ``policy`` needs ``logits_and_targets(batch) -> (logits (B, T, A, K), targets, valid)``,
     ``action_tokenizer.decode`` and ``action_spec`` (RT-1 and Gato both have them). The last
     step of every window is scored. ``swap``: each window under another window's instruction
     (:func:`swap_instructions`, within its batch); raises if no window could be swapped.
+    ``aux_head``: score the auxiliary frame-mean head's logits instead (a Gato trained with
+    ``aux_frame_mean`` > 0; what ``act_readout='aux_frame_mean'`` acts on).
     """
+    if aux_head and getattr(policy, "aux_head", None) is None:
+        raise ValueError(f"aux_head=True needs a policy trained with aux_frame_mean > 0; this "
+                         f"{getattr(policy, 'kind', type(policy).__name__)} policy has no "
+                         "auxiliary head")
     was_training = policy.training
     policy.eval()
     predicted, labels, swapped = [], [], 0
@@ -79,7 +85,8 @@ def action_error(policy: Any, batches: Iterable[Mapping[str, Any]],
                 if swap:
                     instructions, k = swap_instructions(list(batch[INSTRUCTION]))
                     batch, swapped = {**batch, INSTRUCTION: instructions}, swapped + k
-                logits = policy.logits_and_targets(batch)[0]
+                logits = (policy._outputs_and_targets(batch)[1] if aux_head
+                          else policy.logits_and_targets(batch)[0])
                 tokens = logits[:, -1].argmax(dim=-1)  # (B, A)
                 predicted.append(policy.action_tokenizer.decode(tokens).float().cpu())
                 labels.append(torch.as_tensor(batch[ACTION])[:, -1].float())

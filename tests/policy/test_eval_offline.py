@@ -193,3 +193,27 @@ def test_script_scores_two_checkpoints_on_a_store(tmp_path, compose_policy) -> N
     errors, ratios = [0, 1, 3, 5, 7], [2, 4, 6, 8]  # constant, then (error, ratio) x 4
     np.testing.assert_allclose(printed[:, errors], want[:, errors], atol=6e-5)  # .4f
     np.testing.assert_allclose(printed[:, ratios], want[:, ratios], atol=6e-3)  # .2f
+
+
+def test_aux_head_scores_the_auxiliary_logits(compose_policy, env_info, text_encoder,
+                                              make_batch) -> None:
+    torch.manual_seed(0)
+    gato = make_policy(compose_policy("gato_tiny", ("image_tokenizer=film_grid",
+                                                    "text_mode=sentence", "aux_frame_mean=1.0")),
+                       DEFAULT_ACTION_SPEC, env_info)
+    batches = _batches(make_batch, 2)
+    tokens = action_error(gato, batches)
+    aux = action_error(gato, batches, aux_head=True)
+    # the aux figures are those of the head's own greedy bins, not the tokens'
+    with torch.no_grad():
+        gato.eval()
+        bins = torch.cat([gato._outputs_and_targets(b)[1][:, -1].argmax(-1) for b in batches])
+    labels = torch.cat([b["action"][:, -1] for b in batches]).float().numpy()
+    spec = DEFAULT_ACTION_SPEC
+    expected = np.abs(gato.action_tokenizer.decode(bins).float().numpy()
+                      - np.clip(labels, spec.low, spec.high)).mean(axis=0)
+    np.testing.assert_allclose([e.policy for e in aux], expected, rtol=1e-5, atol=1e-6)
+    assert [e.policy for e in aux] != [e.policy for e in tokens]
+    rt1 = make_policy(compose_policy("rt1_tiny"), DEFAULT_ACTION_SPEC, env_info)
+    with pytest.raises(ValueError, match="needs a policy trained with aux_frame_mean > 0"):
+        action_error(rt1, batches, aux_head=True)
