@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 
 from policy.base import PolicyConfig
-from policy.tokenizers.images import LITE0_BLOCKS, PATCH_ENCODERS, check_conv_stem
+from policy.tokenizers.images import GRID_POOLS, LITE0_BLOCKS, PATCH_ENCODERS, check_conv_stem
 
 IMAGE_TOKENIZERS = ("patches", "rt1_tokens", "film_grid")
 TEXT_POSITIONS = ("prefix", "per_step")
@@ -43,6 +43,10 @@ class GatoConfig(PolicyConfig):
     # "film_grid" (not Gato): RT-1's FiLM conv stem over the whole frame, its feature map
     # averaged over the patch grid: one token per patch_size x patch_size patch, as "patches"
     image_tokenizer: str = "patches"
+    # film_grid: how a patch's cell of the feature map becomes its token: "mean" of its
+    # feature vectors | "concat": all of them, concatenated and projected (ViT's patch
+    # embedding on the map)
+    grid_pool: str = "mean"
     image_tokens: int = 8  # rt1_tokens: TokenLearner tokens per frame (RT-1: 8)
     conv_channels: tuple[int, ...] = (16, 32, 64, 128)  # rt1_tokens: RT-1's stem, then stages
     conv_strides: tuple[int, ...] = (2, 2, 1)  # rt1_tokens: stride of each stage after the stem
@@ -89,6 +93,11 @@ class GatoConfig(PolicyConfig):
                              f"{TEXT_POSITIONS}")
         if self.readout not in READOUTS:
             raise ValueError(f"readout={self.readout!r}; expected one of {READOUTS}")
+        if self.grid_pool not in GRID_POOLS:
+            raise ValueError(f"grid_pool={self.grid_pool!r}; expected one of {GRID_POOLS}")
+        if self.grid_pool != "mean" and self.image_tokenizer != "film_grid":
+            raise ValueError(f"grid_pool={self.grid_pool!r} needs image_tokenizer='film_grid' "
+                             f"(got {self.image_tokenizer!r})")
         for name in ("aux_frame_mean", "grounding_loss"):
             weight = getattr(self, name)
             if not math.isfinite(weight) or weight < 0:

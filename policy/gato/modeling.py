@@ -28,7 +28,9 @@ tokens and Gato's mu-law bins:
   token per ``patch_size`` patch in row-major order, as Gato's patches, but each computed
   with the instruction by a deep stem that sees past its patch (a ViT "hybrid" tokenizer).
   It separates "conditioned on the words by a deep stem" from TokenLearner's pooling by
-  content; ``grounding_loss`` scores its tokens as patches.
+  content; ``grounding_loss`` scores its tokens as patches. ``grid_pool="concat"`` projects
+  each cell's feature vectors concatenated instead of their mean (ViT's patch embedding on
+  the feature map), so where in its patch a feature sits survives into the token.
 - ``text_position="per_step"``: the text token is repeated in every step, after its image and
   state tokens and just before the separator, instead of once before the first step; the
   text token can then attend to the patches of its own frame, and every action token has the
@@ -146,7 +148,8 @@ class GatoPolicy(Policy):
             self.image_tokenizer = RT1ImageTokenizer(
                 d_model=c.d_model, text_dim=c.text_dim, channels=c.conv_channels,
                 strides=c.conv_strides, blocks=c.conv_blocks, expand=c.conv_expand,
-                num_tokens=c.image_tokens, fused_stages=c.conv_fused_stages, grid=grid)
+                num_tokens=c.image_tokens, fused_stages=c.conv_fused_stages, grid=grid,
+                grid_pool=c.grid_pool, image_size=size)
             n_image = c.image_tokens if grid is None else grid * grid
         self.state_tokenizer = (StateTokenizer(state_dim=len(STATE_NAMES), d_model=c.d_model,
                                                stats=self.stats) if c.use_state else None)

@@ -355,6 +355,7 @@ class TokenLearner(nn.Module):
 
 
 BACKBONES = ("film_efficientnet", "efficientnet_lite0")
+GRID_POOLS = ("mean", "concat")  # RT1ImageTokenizer(grid=...): how a cell becomes a token
 # Gato's per-patch encoders: "resnet" (Gato's lift + ResNet v2 block, from scratch) or
 # "efficientnet_lite0" (ImageNet EfficientNet-Lite0's first blocks on each patch alone)
 PATCH_ENCODERS = ("resnet", "efficientnet_lite0")
@@ -398,13 +399,23 @@ class RT1ImageTokenizer(nn.Module):
                  strides: Sequence[int], blocks: int, expand: int, num_tokens: int,
                  fused_stages: int = 0, position_encoding: bool = True,
                  text_norm: bool = True, backbone: str = "film_efficientnet",
-                 lite_blocks: int = 8, lite_frozen: int = 0, grid: int | None = None) -> None:
+                 lite_blocks: int = 8, lite_frozen: int = 0, grid: int | None = None,
+                 grid_pool: str = "mean", image_size: int | None = None) -> None:
         """``grid``: None pools the feature map to ``num_tokens`` tokens by TokenLearner (RT-1);
-        an int g averages it over a g x g grid instead, one token per cell in row-major order
-        (the cells of g x g image patches), so every token stands for one place in the frame."""
+        an int g cuts it into a g x g grid instead, one token per cell in row-major order
+        (the cells of g x g image patches), so every token stands for one place in the frame.
+        ``grid_pool``: how a cell becomes a token: "mean" averages its feature vectors, "concat"
+        projects them all, concatenated (ViT's patch embedding on the feature map: where in
+        its cell a feature sits survives); "concat" needs ``image_size`` to size the
+        projection."""
         super().__init__()
         if grid is not None and grid < 1:
             raise ValueError(f"grid={grid}; expected None (TokenLearner) or a grid side >= 1")
+        if grid_pool not in GRID_POOLS:
+            raise ValueError(f"grid_pool={grid_pool!r}; expected one of {GRID_POOLS}")
+        if grid_pool == "concat" and (grid is None or image_size is None):
+            raise ValueError("grid_pool='concat' needs a grid and the image_size (got "
+                             f"grid={grid}, image_size={image_size})")
         if backbone == "film_efficientnet":
             self.backbone: nn.Module = FiLMEfficientNet(channels, strides, blocks, expand,
                                                         text_dim, fused_stages)
@@ -425,7 +436,17 @@ class RT1ImageTokenizer(nn.Module):
         self.grid = grid
         self.token_learner = (TokenLearner(self.backbone.out_channels, num_tokens)
                               if grid is None else None)
-        self.proj = nn.Linear(self.backbone.out_channels, d_model)
+        self.grid_pool = grid_pool
+        self.cell = 1  # feature-map positions per cell side ("concat")
+        if grid_pool == "concat":
+            with torch.no_grad():  # the map's side at this image size, from the stem itself
+                side = self.backbone(torch.zeros(1, 3, image_size, image_size),
+                                     torch.zeros(1, text_dim)).shape[-1]
+            if side % grid:
+                raise ValueError(f"a {image_size} px frame gives a {side}x{side} feature map, "
+                                 f"which does not cut into a {grid}x{grid} grid")
+            self.cell = side // grid
+        self.proj = nn.Linear(self.backbone.out_channels * self.cell ** 2, d_model)
         # ImageNet statistics: harmless from scratch, and what a pretrained backbone expects;
         # the Lite models were trained on [-1, 1] inputs ((x - 127) / 128 on 0..255)
         lite = backbone == "efficientnet_lite0"
@@ -438,12 +459,18 @@ class RT1ImageTokenizer(nn.Module):
         x = self.backbone((images - self.mean) / self.std, self.text_norm(text))
         if self.positions is not None:
             x = self.positions(x)
-        if self.grid is not None:  # the mean of each grid cell, row-major
+        if self.grid is not None:  # one token per grid cell, row-major
             if x.shape[-1] % self.grid or x.shape[-2] % self.grid:
                 raise ValueError(f"feature map {tuple(x.shape[-2:])} does not divide into a "
                                  f"{self.grid}x{self.grid} grid; use an image size whose map "
                                  "(image / the stem's stride) is a multiple of the grid")
-            x = rearrange(F.adaptive_avg_pool2d(x, self.grid), "n c h w -> n (h w) c")
+            if self.grid_pool == "concat":
+                if x.shape[-1] != self.grid * self.cell:
+                    raise ValueError(f"feature map {tuple(x.shape[-2:])}; grid_pool='concat' "
+                                     f"was sized for {self.grid * self.cell} per side")
+                x = rearrange(x, "n c (g k) (h l) -> n (g h) (k l c)", g=self.grid, h=self.grid)
+            else:
+                x = rearrange(F.adaptive_avg_pool2d(x, self.grid), "n c h w -> n (h w) c")
             return self.proj(x)
         return self.proj(self.token_learner(x))
 

@@ -20,7 +20,7 @@ from policy.tokenizers.images import FiLM, RT1ImageTokenizer
 
 NEW_FIELDS = ("image_tokenizer", "image_tokens", "conv_channels", "conv_strides", "conv_blocks",
               "conv_expand", "conv_fused_stages", "text_position", "readout",
-              "text_in_sequence", "aux_frame_mean", "act_readout")
+              "text_in_sequence", "aux_frame_mean", "act_readout", "grid_pool")
 
 
 def _build(compose_policy, env_info, *overrides: str) -> GatoPolicy:

@@ -75,11 +75,55 @@ def test_it_acts_and_round_trips_through_a_checkpoint(build, make_obs, tmp_path)
         assert (policy.select_action(make_obs(seed)) == loaded.select_action(make_obs(seed))).all()
 
 
+class FixedMap(torch.nn.Module):
+    """A stand-in stem that returns a given feature map whatever the frame."""
+
+    def __init__(self, fmap: torch.Tensor) -> None:
+        super().__init__()
+        self.fmap = fmap
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.fmap.expand(images.shape[0], -1, -1, -1)
+
+
+def test_concat_pool_keeps_where_in_its_patch_a_feature_sits(build) -> None:
+    """grid_pool='concat': a token is the projection of its cell's feature vectors in order
+    (row-major cells, row-major positions within a cell); swapping two positions inside one
+    cell moves that token alone, which the mean cannot see."""
+    policy = build("patch_size=16", "grid_pool=concat").eval()
+    tok = policy.image_tokenizer
+    assert tok.cell == 2 and policy.n_image == 4  # 32 px: a 4x4 map, 2x2 cells of 2x2
+    c = tok.proj.in_features // 4
+    fmap = torch.randn(1, c, 4, 4)
+    swapped = fmap.clone()
+    swapped[..., 0, 0], swapped[..., 1, 1] = fmap[..., 1, 1], fmap[..., 0, 0]  # in cell 0
+    tok.positions = None
+    text = torch.randn(1, policy.config.text_dim)
+    with torch.no_grad():
+        tok.backbone = FixedMap(fmap)
+        a = tok(torch.rand(1, 3, 32, 32), text)
+        tok.backbone = FixedMap(swapped)
+        b = tok(torch.rand(1, 3, 32, 32), text)
+        cell = torch.cat([fmap[0, :, 2, 0], fmap[0, :, 2, 1], fmap[0, :, 3, 0], fmap[0, :, 3, 1]])
+        assert torch.allclose(a[0, 2], tok.proj(cell), atol=1e-5)  # cell (1, 0)
+    moved = (a - b).norm(dim=-1)[0]
+    assert moved[0] > 1e-3 and torch.all(moved[1:] == 0)
+    mean = build("patch_size=16").eval().image_tokenizer
+    mean.positions = None
+    with torch.no_grad():
+        mean.backbone = FixedMap(fmap)
+        x = mean(torch.rand(1, 3, 32, 32), text)
+        mean.backbone = FixedMap(swapped)
+        assert torch.allclose(x, mean(torch.rand(1, 3, 32, 32), text), atol=1e-6)
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"image_tokenizer": "film_grid", "patch_film": True}, "needs text_mode='sentence' and "
                                                            "patch_film=False"),
     ({"image_tokenizer": "film_grid", "text_mode": "subword"}, "needs text_mode='sentence'"),
     ({"image_tokenizer": "grid"}, "image_tokenizer='grid'; expected one of"),
+    ({"image_tokenizer": "film_grid", "grid_pool": "max"}, "grid_pool='max'; expected one of"),
+    ({"grid_pool": "concat"}, "grid_pool='concat' needs image_tokenizer='film_grid'"),
 ])
 def test_bad_settings_are_named(fields, message) -> None:
     with pytest.raises(ValueError, match=message):
