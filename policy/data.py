@@ -73,6 +73,8 @@ class EpisodeDataset(Dataset):
     tasks: keep only episodes of these task names (None keeps all).
     successes_only: drop episodes marked as failures (collected with keep_failures=true).
     skip_bad_shards: warn about and skip shards that fail validation instead of raising.
+    wrist_camera: load the wrist frames (True: the store must have them; False: leave them
+        on disk; None: whatever the store has).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class EpisodeDataset(Dataset):
         tasks: list[str] | tuple[str, ...] | None = None,
         successes_only: bool = True,
         skip_bad_shards: bool = False,
+        wrist_camera: bool | None = None,
     ) -> None:
         if history < 1:
             raise ValueError(f"history must be >= 1 frame; got {history}")
@@ -90,7 +93,14 @@ class EpisodeDataset(Dataset):
         self.history = history
         self.in_memory = in_memory
         self.store = EpisodeStore(self.path, skip_bad_shards=skip_bad_shards)
-        self.image_keys = [k for k in (IMAGE, WRIST_IMAGE) if k in self.store.image_keys]
+        if wrist_camera and WRIST_IMAGE not in self.store.image_keys:
+            raise ValueError(
+                f"the policy reads the wrist camera but store {self.path} has no "
+                f"{WRIST_IMAGE!r} frames (it has {self.store.image_keys}); collect with "
+                "env.wrist_camera=true"
+            )
+        self.image_keys = [k for k in (IMAGE, WRIST_IMAGE) if k in self.store.image_keys
+                           and (k != WRIST_IMAGE or wrist_camera is not False)]
         self.mask_keys = [k for k in (BACKGROUND_MASK,) if k in self.store.mask_keys]
         # Per-step labels (object pixels): small, so in RAM in either mode.
         self.label_keys = [k for k in (OBJECT_PIXELS,) if k in self.store.privileged_keys]
@@ -151,6 +161,9 @@ class EpisodeDataset(Dataset):
         if not in_memory:
             self._shard_offsets = np.cumsum([0] + [sh.num_steps for sh in self.store.shards])
         self._instruction_id = data.arrays["instruction_id"][self._src_steps]
+        # each window's task, an index into self.tasks (for data.task_weights)
+        self.tasks: list[str] = list(self.store.tasks)
+        self.task_of_window = np.repeat(data.task_id[keep], lengths).astype(np.int64)
         self.stats: dict[str, dict[str, list[float]]] = stats_for(
             {STATE: self._arrays[STATE], ACTION: self._arrays[ACTION]}
         )

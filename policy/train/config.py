@@ -36,12 +36,29 @@ class DataConfig:
     # DataLoader worker processes (one torch thread each); in-memory indexing is cheap
     # enough in-process
     num_workers: int = 0
+    # Each task's share of the training samples, relative to its share of the store's steps:
+    # {stack: 2.0} draws stack's windows twice as often (with replacement, per epoch, from
+    # train.seed). Tasks left out weigh 1.0; None (default) is the plain shuffled epoch.
+    # Typed Any so that 'data.task_weights={stack: 2.0}' replaces the node instead of merging
+    # into a struct; __post_init__ checks it.
+    task_weights: Any = None
+    # Load the wrist camera's frames: None loads every camera the store has; false leaves
+    # the wrist frames on disk (half the RAM for a front-camera policy on a wrist store).
+    # conf/data/default.yaml follows ${policy.wrist_camera}.
+    wrist_camera: Optional[bool] = None  # noqa: UP045
 
     def __post_init__(self) -> None:
         if self.history < 1:
             raise ValueError(f"data.history={self.history}; expected >= 1")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers={self.num_workers}; expected >= 0")
+        if self.task_weights is not None and not isinstance(self.task_weights, dict):
+            raise ValueError(f"data.task_weights={self.task_weights!r}; expected a mapping "
+                             "{task: weight}, e.g. 'data.task_weights={stack: 2.0}'")
+        for task, weight in (self.task_weights or {}).items():
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0:
+                raise ValueError(
+                    f"data.task_weights.{task}={weight!r}; expected a number >= 0")
 
 
 @dataclass

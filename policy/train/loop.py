@@ -47,7 +47,7 @@ from policy.train.distributed import (
 )
 from policy.train.logger import RunLogger
 from policy.train.optim import WarmupCosine, make_optimizer
-from policy.train.sampler import ResumableSampler, batches, make_loader
+from policy.train.sampler import ResumableSampler, batches, make_loader, task_sample_weights
 from policy.train.state import (
     Progress,
     TrainingState,
@@ -79,7 +79,7 @@ def build_dataset(cfg: DataConfig) -> Dataset:
 
     return EpisodeDataset(
         cfg.path, history=cfg.history, in_memory=cfg.in_memory,
-        tasks=list(cfg.tasks) if cfg.tasks else None,
+        tasks=list(cfg.tasks) if cfg.tasks else None, wrist_camera=cfg.wrist_camera,
     )
 
 
@@ -323,7 +323,9 @@ def batch_stream(dataset: Dataset, cfg: TrainRunConfig, info: DistInfo, progress
                  per_rank_batch: int) -> Iterator[Any]:
     """This rank's batches, resuming the data order where `progress` says it stopped."""
     seed = cfg.train.seed
-    sampler = ResumableSampler(dataset, info.world_size, info.rank, seed, per_rank_batch)
+    weights = task_sample_weights(dataset, cfg.data.task_weights)
+    sampler = ResumableSampler(dataset, info.world_size, info.rank, seed, per_rank_batch,
+                               weights=weights)
     loader = make_loader(dataset, sampler, cfg.data.num_workers, seed + info.rank)
     return batches(loader, sampler, progress)
 

@@ -112,3 +112,28 @@ def test_skip_bad_shards_drops_a_corrupted_shard(store: Path) -> None:
     with pytest.warns(UserWarning, match="skipping bad shard"):
         ds = EpisodeDataset(store, history=2, skip_bad_shards=True)
     assert [steps_of(ds[i]) for i in range(len(ds))] == [[8, 8], [8, 9], [9, 10], [10, 11]]
+
+
+def test_each_window_knows_its_task(store: Path) -> None:
+    ds = EpisodeDataset(store, history=2)
+    assert ds.tasks == ["pick", "push"]
+    assert [ds.tasks[t] for t in ds.task_of_window] == ["pick"] * 8 + ["push"] * 4
+    only_push = EpisodeDataset(store, tasks=["push"])
+    assert [only_push.tasks[t] for t in only_push.task_of_window] == ["push"] * 4
+
+
+def test_wrist_frames_load_only_when_asked(tmp_path: Path) -> None:
+    w = ShardWriter(tmp_path / shard_name(0), INFO, image_shape=(H, W, 3), chunk_frames=2,
+                    image_keys=("image", "wrist_image"))
+    ep = numbered_episode(0, 0, 3, "pick")
+    ep.wrist_image = ep.image.copy()
+    w.append(ep)
+    assert EpisodeDataset(tmp_path).image_keys == ["image", "wrist_image"]
+    assert "wrist_image" in EpisodeDataset(tmp_path, wrist_camera=True)[0]
+    front = EpisodeDataset(tmp_path, wrist_camera=False)
+    assert front.image_keys == ["image"] and "wrist_image" not in front[0]
+
+
+def test_a_wrist_policy_on_a_front_only_store_is_refused(store: Path) -> None:
+    with pytest.raises(ValueError, match="reads the wrist camera but store .* no 'wrist_image'"):
+        EpisodeDataset(store, wrist_camera=True)

@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from policy.train import checkpoint as ckpt
-from policy.train.config import OptimConfig, ScheduleConfig, TrainRunConfig
+from policy.train.config import DataConfig, OptimConfig, ScheduleConfig, TrainRunConfig
 from policy.train.distributed import DistInfo, default_num_threads
 from policy.train.loop import autocast_for, compile_policy, set_optimizer_impl
 from policy.train.optim import WarmupCosine, make_optimizer
-from policy.train.sampler import ResumableSampler, batches, make_loader
+from policy.train.sampler import ResumableSampler, batches, make_loader, task_sample_weights
 from policy.train.state import (
     Progress,
     TrainingState,
@@ -168,6 +168,62 @@ def test_sampler_resumes_mid_epoch_and_splits_ranks() -> None:
     assert head + run(first, 4) == whole  # continuing from the saved position
     ranks = [sum(run(Progress(), 2, rank=r, world=2), []) for r in (0, 1)]
     assert not set(ranks[0]) & set(ranks[1])  # each rank sees its own part
+
+
+class _TaskData(list):
+    """A list dataset that names each sample's task, as EpisodeDataset does."""
+
+    def __init__(self, task_of: list[int]) -> None:
+        super().__init__(range(len(task_of)))
+        self.tasks = ["pick", "stack"]
+        self.task_of_window = np.array(task_of)
+
+
+def test_task_weights_change_the_mix_and_resume_exactly() -> None:
+    # 80 pick samples and 20 stack samples: stack weighted 4x draws them as often as pick
+    data = _TaskData([0] * 80 + [1] * 20)
+    weights = task_sample_weights(data, {"stack": 4.0})
+    assert weights is not None and weights[:80].eq(1).all() and weights[80:].eq(4).all()
+    assert task_sample_weights(data, None) is None and task_sample_weights(data, {}) is None
+
+    def run(progress: Progress, n: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+        sampler = ResumableSampler(data, world, rank, seed=3, batch_size=10, weights=weights)
+        stream = batches(make_loader(data, sampler, 0, seed=0), sampler, progress)
+        return [next(stream).tolist() for _ in range(n)]
+
+    whole = run(Progress(), 60)  # 10 batches per epoch: six epochs
+    drawn = np.array(sum(whole, []))
+    share = float((drawn >= 80).mean())
+    assert 0.4 < share < 0.6, share  # unweighted it would be 0.2
+    assert len(set(sum(whole[:10], []))) < 100  # drawn with replacement
+    first = Progress()
+    head = run(first, 13)
+    assert head + run(first, 47) == whole  # a resumed run continues the same draws
+    ranks = [run(Progress(), 5, rank=r, world=2) for r in (0, 1)]
+    assert ranks[0] != ranks[1]
+    assert run(Progress(), 60) == whole  # the same seed, the same draws
+    # a weight of 0 drops a task
+    only_pick = task_sample_weights(data, {"stack": 0.0})
+    sampler = ResumableSampler(data, 1, 0, seed=3, batch_size=10, weights=only_pick)
+    assert max(sampler) < 80
+
+
+def test_task_weights_refuse_what_they_cannot_mean() -> None:
+    data = _TaskData([0] * 8 + [1] * 2)
+    with pytest.raises(ValueError, match=r"names tasks \['push'\].*holds \['pick', 'stack'\]"):
+        task_sample_weights(data, {"push": 2.0})
+    with pytest.raises(ValueError, match="every sample weight 0"):
+        task_sample_weights(data, {"pick": 0.0, "stack": 0.0})
+    with pytest.raises(ValueError, match="knows each sample's task"):
+        task_sample_weights(list(range(4)), {"pick": 2.0})
+    with pytest.raises(ValueError, match="expected 10 weights >= 0"):
+        ResumableSampler(data, 1, 0, seed=0, batch_size=2, weights=torch.ones(3))
+    with pytest.raises(ValueError, match="data.task_weights.stack=-1.0; expected a number >= 0"):
+        DataConfig(task_weights={"stack": -1.0})
+    with pytest.raises(ValueError, match="data.task_weights.stack='x'; expected a number"):
+        DataConfig(task_weights={"stack": "x"})
+    with pytest.raises(ValueError, match="data.task_weights=2.0; expected a mapping"):
+        DataConfig(task_weights=2.0)
 
 
 def test_worker_processes_give_the_same_batches() -> None:
