@@ -62,11 +62,13 @@ def make_env(
     skip_render: bool = False,
     physics: dict[str, Any] | None = None,
     prompt_image_size: int = 32,
+    object_boxes: bool = False,
 ) -> TabletopEnv:
     """Build one TabletopEnv (no gymnasium wrappers). `skip_render=True` returns black
     images: a fast path for oracle-only checks; the default always renders. `physics`:
     envs.physics.PhysicsConfig fields (None: the defaults stores and checkpoints use).
-    `background_mask=True` adds obs["background_mask"]; a split with `visual_prompts` > 0
+    `background_mask=True` adds obs["background_mask"], `object_boxes=True` obs["object_boxes"]
+    (per visible task object its box in the front image); a split with `visual_prompts` > 0
     adds obs["prompt_images"], crops of prompt_image_size px (envs/tabletop.py)."""
     from envs.tabletop import TabletopEnv
 
@@ -75,7 +77,7 @@ def make_env(
                        render_mode=render_mode,
                        max_steps=max_steps, split_overrides=split_overrides,
                        skip_render=skip_render, physics=physics,
-                       prompt_image_size=prompt_image_size)
+                       prompt_image_size=prompt_image_size, object_boxes=object_boxes)
 
 
 def _register() -> None:

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pybullet as p
 
+from envs.spec import MAX_OBJECT_BOXES
+
 RENDERER = "tiny_renderer"
 
 
@@ -99,13 +101,53 @@ def _render(client: int, width: int, height: int, view: list, proj: list,
     return _render_buffers(client, width, height, view, proj, light, False)[0]
 
 
+def _body_ids(seg: np.ndarray) -> np.ndarray:
+    """int64 (H, W): the body id of every pixel of a segmentation buffer, -1 where none. Ids
+    may carry a link index in bits 24 and up (ER_SEGMENTATION_MASK_OBJECT_AND_LINKINDEX);
+    only the body id counts."""
+    seg = np.asarray(seg, dtype=np.int64)
+    return np.where(seg >= 0, seg & ((1 << 24) - 1), -1)
+
+
 def background_mask(seg: np.ndarray, foreground: Iterable[int]) -> np.ndarray:
     """uint8 (H, W): 1 where a segmentation buffer shows no `foreground` body (the table, the
     empty space behind it), 0 on the robot and the objects. Ids may carry a link index in
     bits 24 and up (ER_SEGMENTATION_MASK_OBJECT_AND_LINKINDEX); only the body id counts."""
-    seg = np.asarray(seg, dtype=np.int64)
-    body = np.where(seg >= 0, seg & ((1 << 24) - 1), -1)
+    body = _body_ids(seg)
     return (~np.isin(body, np.fromiter(foreground, dtype=np.int64))).astype(np.uint8)
+
+
+def object_boxes(seg: np.ndarray, objects: Iterable[int],
+                 max_boxes: int = MAX_OBJECT_BOXES) -> np.ndarray:
+    """float32 (max_boxes, 4): the box of each of the `objects` bodies a segmentation buffer
+    (H, W) shows, [u0, v0, u1, v1] as fractions of its width and height: u0 = min column / W,
+    v0 = min row / H, u1 = (max column + 1) / W, v1 = (max row + 1) / H of the body's visible
+    pixels (envs.spec.OBJECT_BOXES). A body without a visible pixel has no row. Rows are
+    sorted by box centre u, then centre v (then u0, v0, u1, v1), never by body id or role;
+    rows past the last visible body are NaN. With more than `max_boxes` visible bodies the
+    `max_boxes` with the most visible pixels are kept (ties: the lower body id), then
+    sorted. Ids may carry a link index in bits 24 and up, as in `background_mask`."""
+    body = _body_ids(seg)
+    if body.ndim != 2:
+        raise ValueError(f"segmentation buffer of shape {body.shape}; expected (H, W)")
+    h, w = body.shape
+    out = np.full((max_boxes, 4), np.nan, dtype=np.float32)
+    found: list[tuple[int, float, float, float, float]] = []
+    for b in sorted({int(b) for b in objects}):
+        rows, cols = np.nonzero(body == b)
+        if rows.size:
+            found.append((int(rows.size), cols.min() / w, rows.min() / h,
+                          (cols.max() + 1) / w, (rows.max() + 1) / h))
+    if not found:
+        return out
+    if len(found) > max_boxes:  # the largest by visible pixels; a stable sort keeps id order
+        order = np.argsort([-n for n, *_ in found], kind="stable")[:max_boxes]
+        found = [found[i] for i in order]
+    boxes = np.array([box for _, *box in found], dtype=np.float64)  # (n, 4)
+    cu, cv = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    order = np.lexsort((boxes[:, 3], boxes[:, 2], boxes[:, 1], boxes[:, 0], cv, cu))
+    out[: len(boxes)] = boxes[order]
+    return out
 
 
 class FrontCamera:
@@ -144,13 +186,20 @@ class FrontCamera:
         return _render(client, self.config.width, self.config.height, self.view, self.proj,
                        light)
 
+    def render_segmented(self, client: int, light: Lighting) -> tuple[np.ndarray, np.ndarray]:
+        """The same frame as `render` (the same pixels) and the body id of each of its pixels,
+        int32 (H, W), -1 where no body is drawn: one render with pybullet's segmentation
+        buffer on, from which `background_mask` and `object_boxes` are read."""
+        rgb, seg = _render_buffers(client, self.config.width, self.config.height, self.view,
+                                   self.proj, light, True)
+        assert seg is not None
+        return rgb, seg
+
     def render_with_mask(self, client: int, light: Lighting, foreground: Iterable[int]
                          ) -> tuple[np.ndarray, np.ndarray]:
         """The same frame as `render` and its background mask (see `background_mask`), from
         one render with pybullet's segmentation buffer on."""
-        rgb, seg = _render_buffers(client, self.config.width, self.config.height, self.view,
-                                   self.proj, light, True)
-        assert seg is not None
+        rgb, seg = self.render_segmented(client, light)
         return rgb, background_mask(seg, foreground)
 
 

@@ -46,6 +46,7 @@ from envs.spec import (
     EVAL_SEED_START,
     IMAGE,
     INSTRUCTION,
+    OBJECT_BOXES,
     OBJECT_PIXELS,
     PROMPT_IMAGES,
     STATE,
@@ -97,6 +98,13 @@ class CollectConfig:
     # Privileged: read from the simulator, never part of an observation. Same pixels and
     # episodes as without it.
     object_pixels: bool = False
+    # Store per frame the boxes of the task objects the front image shows (data/object_boxes
+    # float32 (N, 8, 4): per visible object [u0, v0, u1, v1] as fractions of the image's
+    # width and height, rows sorted by box centre u then v, NaN rows past the last; the env's
+    # obs["object_boxes"], read from the segmentation buffer of the frame's own render;
+    # info["observation_keys"]). An observation a policy may act on (object tokens), unlike
+    # object_pixels. Same pixels and episodes as without it.
+    object_boxes: bool = False
     max_steps: int | None = None  # None: the task's own limit
     noise_std: float = 0.15  # DART noise std, normalized action units
     noise_dims: tuple[str, ...] = ("x", "y", "z")
@@ -267,7 +275,8 @@ def rollout(env: Any, seed: int, task: str, split: str, noise_std: float,
     obs, info = env.reset(seed=seed)
     instruction = obs[INSTRUCTION]
     prompt = prompt_fields(env, obs)
-    frames: dict[str, list[np.ndarray]] = {IMAGE: [], WRIST_IMAGE: [], BACKGROUND_MASK: []}
+    frames: dict[str, list[np.ndarray]] = {IMAGE: [], WRIST_IMAGE: [], BACKGROUND_MASK: [],
+                                           OBJECT_BOXES: []}
     states, labels, executed, pixels = [], [], [], []
     success = False
     while True:
@@ -283,6 +292,8 @@ def rollout(env: Any, seed: int, task: str, split: str, noise_std: float,
             frames[WRIST_IMAGE].append(obs[WRIST_IMAGE])
         if BACKGROUND_MASK in obs:
             frames[BACKGROUND_MASK].append(obs[BACKGROUND_MASK])
+        if OBJECT_BOXES in obs:
+            frames[OBJECT_BOXES].append(obs[OBJECT_BOXES])
         if object_pixels:
             pixels.append(env.unwrapped.object_pixels())
         states.append(np.asarray(obs[STATE], dtype=np.float32))
@@ -298,6 +309,7 @@ def rollout(env: Any, seed: int, task: str, split: str, noise_std: float,
         background_mask=(np.stack(frames[BACKGROUND_MASK]) if frames[BACKGROUND_MASK]
                          else None),
         object_pixels=np.stack(pixels) if object_pixels else None,
+        object_boxes=np.stack(frames[OBJECT_BOXES]) if frames[OBJECT_BOXES] else None,
         state=np.stack(states),
         action=np.stack(labels),
         executed_action=np.stack(executed),
@@ -317,19 +329,23 @@ def replay(env: Any, episode: Episode, object_pixels: bool | None = None) -> Epi
     Returns the episode as re-observed (labels from the oracle at each replayed state); a
     deterministic env reproduces the stored frames and states exactly. `object_pixels`:
     record each frame's object pixels (TabletopEnv.object_pixels); None: when the stored
-    episode has them (True adds them to an episode collected without them).
+    episode has them (True adds them to an episode collected without them). Masks and object
+    boxes come from the env's observations: an env made with background_mask / object_boxes
+    re-observes them (and adds them to an episode collected without them).
     """
     if object_pixels is None:
         object_pixels = episode.object_pixels is not None
     obs, _ = env.reset(seed=episode.seed)
     prompt = prompt_fields(env, obs)
-    frames, wrist, masks, states, labels, pixels = [], [], [], [], [], []
+    frames, wrist, masks, boxes, states, labels, pixels = [], [], [], [], [], [], []
     for t, act in enumerate(episode.executed_action):
         frames.append(obs[IMAGE])
         if WRIST_IMAGE in obs:
             wrist.append(obs[WRIST_IMAGE])
         if BACKGROUND_MASK in obs:
             masks.append(obs[BACKGROUND_MASK])
+        if OBJECT_BOXES in obs:
+            boxes.append(obs[OBJECT_BOXES])
         if object_pixels:
             pixels.append(env.unwrapped.object_pixels())
         states.append(np.asarray(obs[STATE], dtype=np.float32))
@@ -342,6 +358,7 @@ def replay(env: Any, episode: Episode, object_pixels: bool | None = None) -> Epi
         image=np.stack(frames), wrist_image=np.stack(wrist) if wrist else None,
         background_mask=np.stack(masks) if masks else None,
         object_pixels=np.stack(pixels) if object_pixels else None,
+        object_boxes=np.stack(boxes) if boxes else None,
         state=np.stack(states), action=np.stack(labels),
         executed_action=episode.executed_action, instruction=obs[INSTRUCTION],
         task=episode.task, split=episode.split, seed=episode.seed,
@@ -368,7 +385,8 @@ def env_factory(cfg: CollectConfig) -> Callable[[str], Any]:
     def make(task: str) -> Any:
         return envs.make_env(task=task, split=cfg.split, image_size=cfg.image_size,
                              wrist_camera=cfg.wrist_camera,
-                             background_mask=cfg.background_mask, render_mode="rgb_array",
+                             background_mask=cfg.background_mask,
+                             object_boxes=cfg.object_boxes, render_mode="rgb_array",
                              max_steps=cfg.max_steps,
                              split_overrides=cfg.env_split_overrides,
                              physics=cfg.physics)
@@ -459,6 +477,7 @@ def run_worker(cfg: CollectConfig, global_worker: int, quota: int, skip: set[int
             chunk_frames=cfg.chunk_frames,
             mask_keys=[BACKGROUND_MASK] if cfg.background_mask else [],
             privileged_keys=[OBJECT_PIXELS] if cfg.object_pixels else [],
+            observation_keys=[OBJECT_BOXES] if cfg.object_boxes else [],
             prompt_image_size=prompt_image_size(next(iter(envs_by_task.values()))),
         )
         limit = int(cfg.max_attempts_factor * quota) + 10

@@ -37,6 +37,14 @@ BACKGROUND_MASK = "background_mask"
 # collect.object_pixels; labels for grounding losses). Privileged simulator state: never
 # part of an observation a policy acts on.
 OBJECT_PIXELS = "object_pixels"
+# Optional per-frame float32 (MAX_OBJECT_BOXES, 4): one row per task object (every body of
+# the scene but the robot and the table) visible in the front image, [u0, v0, u1, v1] as
+# fractions of its width (u, columns) and height (v, rows), from the segmentation buffer
+# of the same render as obs["image"]; rows sorted by box centre u then v (never by role),
+# NaN past the last visible object (TabletopEnv object_boxes=True; collect.object_boxes;
+# envs/camera.py object_boxes). Unlike OBJECT_PIXELS an observation a policy may act on.
+OBJECT_BOXES = "object_boxes"
+MAX_OBJECT_BOXES = 8
 STATE = "state"
 INSTRUCTION = "instruction"
 ACTION = "action"

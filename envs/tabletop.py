@@ -32,6 +32,8 @@ from envs.camera import (
     Lighting,
     WristCamera,
     WristCameraConfig,
+    background_mask,
+    object_boxes,
 )
 from envs.catalog import (
     BUILTIN_OBJECTS,
@@ -53,7 +55,9 @@ from envs.spec import (
     DEFAULT_ACTION_SPEC,
     IMAGE,
     INSTRUCTION,
+    MAX_OBJECT_BOXES,
     MAX_PROMPT_IMAGES,
+    OBJECT_BOXES,
     PROMPT_IMAGES,
     STATE,
     STATE_NAMES,
@@ -77,7 +81,14 @@ class TabletopEnv(gym.Env):
     (SplitConfig field -> value) applied; image_size: front and wrist camera resolution;
     wrist_camera: add obs["wrist_image"]; background_mask: add obs["background_mask"], uint8
     (H, W) 1 on the table and the empty background, 0 on the robot and the objects (the
-    front camera's segmentation buffer, same render); prompt_image_size: the side of the
+    front camera's segmentation buffer, same render); object_boxes: add obs["object_boxes"],
+    float32 (MAX_OBJECT_BOXES, 4): per task object the front image shows (every body but the
+    robot and the table), its box [u0, v0, u1, v1] as fractions of the image's width and
+    height, rows sorted by centre u then v, NaN past the last visible object (envs/camera.py
+    `object_boxes`: the same render's segmentation buffer; the 8 largest when more are
+    visible; all NaN with skip_render). Its space is a Box in [0, 1] that NaN rows fall
+    outside of by design, so `obs in observation_space` is False with fewer than
+    MAX_OBJECT_BOXES visible objects; prompt_image_size: the side of the
     visual prompts' crops, obs["prompt_images"], present when the split's `visual_prompts`
     share is above 0 (envs/prompts.py); max_steps: None = the task's own limit;
     skip_render: black images (oracle-only checks; physics is unchanged); physics:
@@ -100,6 +111,7 @@ class TabletopEnv(gym.Env):
         skip_render: bool = False,
         physics: PhysicsConfig | dict[str, Any] | None = None,
         prompt_image_size: int = 32,
+        object_boxes: bool = False,
     ) -> None:
         self.physics = PhysicsConfig.from_value(physics)
         if task not in TASK_CLASSES:
@@ -138,6 +150,7 @@ class TabletopEnv(gym.Env):
         self.wrist_config = WristCameraConfig(width=image_size, height=image_size)
         self.wrist = WristCamera(self.wrist_config) if wrist_camera else None
         self.background_mask = bool(background_mask)
+        self.object_boxes = bool(object_boxes)
         self.studio_config = StudioConfig(image_size=prompt_image_size)
         self.visual_prompts = self.split.visual_prompts > 0
         self._studio: PromptStudio | None = None  # its own PyBullet client, made on first use
@@ -160,6 +173,9 @@ class TabletopEnv(gym.Env):
         if self.background_mask:
             obs_spaces[BACKGROUND_MASK] = spaces.Box(0, 1, self.camera_config.image_shape[:2],
                                                      dtype=np.uint8)
+        if self.object_boxes:  # NaN rows (no object) lie outside [0, 1] by design
+            obs_spaces[OBJECT_BOXES] = spaces.Box(0.0, 1.0, (MAX_OBJECT_BOXES, 4),
+                                                  dtype=np.float32)
         if self.visual_prompts:
             size = self.studio_config.image_size
             obs_spaces[PROMPT_IMAGES] = spaces.Box(0, 255, (MAX_PROMPT_IMAGES, size, size, 3),
@@ -315,6 +331,9 @@ class TabletopEnv(gym.Env):
             "max_steps": self.max_steps,
             "skip_render": self.skip_render,
             "prompt_images": self.studio_config.to_dict() if self.visual_prompts else None,
+            # obs["object_boxes"] (an observation); compatibility checks never compare it,
+            # so checkpoints whose env.json predates the entry load as before
+            "object_boxes": self.object_boxes,
         }
 
     # ---- internals ------------------------------------------------------------------
@@ -410,16 +429,23 @@ class TabletopEnv(gym.Env):
     def _observe(self) -> dict[str, Any]:
         assert self.robot is not None
         shape = self.camera_config.image_shape
-        mask = None
+        mask = boxes = None
         if self.skip_render:
             image = np.zeros(shape, dtype=np.uint8)
             mask = np.ones(shape[:2], dtype=np.uint8)
-        elif self.background_mask:
-            # Foreground: every body but the table (the robot and this episode's objects).
-            bodies = (p.getBodyUniqueId(i, physicsClientId=self.client)
-                      for i in range(p.getNumBodies(physicsClientId=self.client)))
-            image, mask = self.camera.render_with_mask(
-                self.client, self.lighting, [b for b in bodies if b != self.table])
+            boxes = np.full((MAX_OBJECT_BOXES, 4), np.nan, dtype=np.float32)
+        elif self.background_mask or self.object_boxes:
+            # One render gives the image and the segmentation buffer both are read from.
+            image, seg = self.camera.render_segmented(self.client, self.lighting)
+            bodies = [p.getBodyUniqueId(i, physicsClientId=self.client)
+                      for i in range(p.getNumBodies(physicsClientId=self.client))]
+            if self.background_mask:
+                # Foreground: every body but the table (the robot and this episode's objects).
+                mask = background_mask(seg, [b for b in bodies if b != self.table])
+            if self.object_boxes:
+                # Task objects: every body but the table and the robot.
+                boxes = object_boxes(seg, [b for b in bodies
+                                           if b not in (self.table, self.robot.body)])
         else:
             image = self.camera.render(self.client, self.lighting)
         obs: dict[str, Any] = {IMAGE: image, STATE: self.robot.state(),
@@ -428,6 +454,8 @@ class TabletopEnv(gym.Env):
             obs[PROMPT_IMAGES] = self._prompt  # the episode's crops (step copies the arrays)
         if self.background_mask:
             obs[BACKGROUND_MASK] = mask
+        if self.object_boxes:
+            obs[OBJECT_BOXES] = boxes
         if self.wrist is not None:
             if self.skip_render:
                 obs[WRIST_IMAGE] = np.zeros(self.wrist_config.image_shape, dtype=np.uint8)

@@ -23,6 +23,7 @@ from envs.spec import (
     BACKGROUND_MASK,
     IMAGE,
     INSTRUCTION,
+    OBJECT_BOXES,
     OBJECT_PIXELS,
     STATE,
     STATE_NAMES,
@@ -109,6 +110,12 @@ def mirror_batch(batch: Mapping[str, Any], action_names: Sequence[str], prob: fl
         flipped = px.clone()
         flipped[..., 0] = image.shape[3] - px[..., 0]
         out[OBJECT_PIXELS] = torch.where(flip.view(b, 1, 1, 1).to(px.device), flipped, px)
+    if OBJECT_BOXES in batch:  # (B, T, K, 4) fractions: u -> 1 - u, rows sorted again
+        from policy.tokenizers.objects import mirror_boxes
+
+        boxes = batch[OBJECT_BOXES]
+        out[OBJECT_BOXES] = torch.where(flip.view(b, 1, 1, 1).to(boxes.device),
+                                        mirror_boxes(boxes), boxes)
     if wrist and WRIST_IMAGE in batch:
         w_img = batch[WRIST_IMAGE]
         out[WRIST_IMAGE] = torch.where(f_img.to(w_img.device), w_img.flip(3), w_img)

@@ -33,7 +33,9 @@ from envs.spec import (
     ACTION,
     IMAGE,
     INSTRUCTION,
+    MAX_OBJECT_BOXES,
     MAX_PROMPT_IMAGES,
+    OBJECT_BOXES,
     PROMPT_IMAGES,
     STATE,
     STATE_NAMES,
@@ -308,6 +310,13 @@ class Policy(nn.Module):
         return False
 
     @property
+    def reads_object_boxes(self) -> bool:
+        """Whether this policy reads obs["object_boxes"] (envs.spec.OBJECT_BOXES: one box per
+        visible object, from segmentation in simulation or a detector on a robot); a family
+        with object-centric tokens overrides this from its config."""
+        return False
+
+    @property
     def reads_prompt_images(self) -> bool:
         """Whether this policy reads multimodal prompts (obs["prompt_images"] with "{image}"
         slots in the instruction); ``config.prompt_images``."""
@@ -322,7 +331,8 @@ class Policy(nn.Module):
 
     def _act(self, image: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """One control step: uint8 (H, W, 3), float (S,) -> action float (A,). A policy that
-        reads the wrist camera also gets ``wrist=`` uint8 (H', W', 3)."""
+        reads the wrist camera also gets ``wrist=`` uint8 (H', W', 3); one that reads object
+        boxes ``boxes=`` float (MAX_OBJECT_BOXES, 4)."""
         raise NotImplementedError
 
     def observation_shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -332,6 +342,8 @@ class Policy(nn.Module):
         if self.wrist_shape is not None:
             shapes[WRIST_IMAGE] = (tuple(self.wrist_shape), "uint8")
         shapes[STATE] = ((len(STATE_NAMES),), "float32")
+        if self.reads_object_boxes:
+            shapes[OBJECT_BOXES] = ((MAX_OBJECT_BOXES, 4), "float32")
         return shapes
 
     # -- training -------------------------------------------------------------------------
@@ -494,6 +506,8 @@ class Policy(nn.Module):
                                  f"{tuple(wrist.shape)}; this policy expects uint8 "
                                  f"{self.wrist_shape}")
             extra["wrist"] = wrist.to(self.device)
+        if self.reads_object_boxes:
+            extra["boxes"] = self._observed_boxes(observation)
         with self._acting():
             action = self._act(image.to(self.device), state.to(self.device), **extra)
         return action.float().cpu().numpy().astype(np.float32)
@@ -522,6 +536,35 @@ class Policy(nn.Module):
                              f"({image.shape[0]}, {image.shape[1]}, "
                              f"{', '.join(map(str, self.wrist_shape or ()))})")
         return wrist.to(self.device)
+
+    def _observed_boxes(self, observation: Mapping[str, Any]) -> torch.Tensor:
+        """obs["object_boxes"] checked, as float32 (K, 4) on the model's device."""
+        from policy.tokenizers.objects import check_boxes
+
+        if OBJECT_BOXES not in observation:
+            raise KeyError(f"observation lacks {OBJECT_BOXES!r}: this policy reads object boxes "
+                           f"(make the env with object_boxes=True, or send a detector's boxes); "
+                           f"has {sorted(observation)}")
+        boxes = torch.as_tensor(np.asarray(observation[OBJECT_BOXES], dtype=np.float32))
+        if boxes.ndim != 2:
+            raise ValueError(f"observation object boxes have shape {tuple(boxes.shape)}; "
+                             f"expected ({MAX_OBJECT_BOXES}, 4)")
+        check_boxes(boxes, MAX_OBJECT_BOXES, "observation")
+        return boxes.to(self.device)
+
+    def unpack_boxes(self, batch: Mapping[str, Any], image: torch.Tensor) -> torch.Tensor:
+        """The batch's object boxes float (B, T, K, 4) on the model's device, checked against
+        the front images (B, T, ...)."""
+        if OBJECT_BOXES not in batch:
+            raise KeyError(f"batch lacks {OBJECT_BOXES!r}: this policy reads object boxes, so its "
+                           "store must be collected with collect.object_boxes=true; has "
+                           f"{sorted(batch)}")
+        boxes = batch[OBJECT_BOXES]
+        if boxes.ndim != 4 or tuple(boxes.shape[:2]) != tuple(image.shape[:2]) or tuple(
+                boxes.shape[2:]) != (MAX_OBJECT_BOXES, 4):
+            raise ValueError(f"batch object boxes have shape {tuple(boxes.shape)}; expected "
+                             f"({image.shape[0]}, {image.shape[1]}, {MAX_OBJECT_BOXES}, 4)")
+        return boxes.to(self.device).float()
 
     def unpack_prompt(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """The batch's prompt crops uint8 (B, K, S, S, 3) on the model's device, checked

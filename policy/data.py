@@ -25,6 +25,17 @@ step), and the mirror (policy/augment.py mirror_batch) maps u to W - u with the 
 policy that resizes or shifts the image must map them the same way. Stores without them
 give the same items as before.
 
+A store collected with object boxes (collect.object_boxes, envs.store's observation_keys)
+adds them to every item, float32 (T, 8, 4) under envs.spec.OBJECT_BOXES, collated to
+(B, T, 8, 4): per frame the env's obs["object_boxes"], one row [u0, v0, u1, v1] per task
+object the front image shows, as fractions of its width and height, rows sorted by box
+centre u then v, NaN rows past the last visible object. Unlike object pixels they are an
+observation a policy may act on (one token per object). Padded steps repeat the episode's
+first step, as the frames do; they are held in RAM in either mode (128 bytes a step);
+`has_object_boxes` says whether the items carry them. A policy that mirrors, resizes or
+shifts the image must map them the same way. Stores without them give the same items as
+before.
+
 A store collected with visual prompts (collect.visual_prompts, envs.store's
 prompt_image_shape) adds its episode's prompt crops to every item, uint8 (K, S, S, 3) under
 envs.spec.PROMPT_IMAGES (zeros for a text-only episode), collated to (B, K, S, S, 3). They
@@ -55,6 +66,7 @@ from envs.spec import (
     BACKGROUND_MASK,
     IMAGE,
     INSTRUCTION,
+    OBJECT_BOXES,
     OBJECT_PIXELS,
     PROMPT_IMAGES,
     STATE,
@@ -104,10 +116,14 @@ class EpisodeDataset(Dataset):
         self.mask_keys = [k for k in (BACKGROUND_MASK,) if k in self.store.mask_keys]
         # Per-step labels (object pixels): small, so in RAM in either mode.
         self.label_keys = [k for k in (OBJECT_PIXELS,) if k in self.store.privileged_keys]
+        # Per-step float observations (object boxes): small too, so in RAM in either mode.
+        self._observation_keys = [k for k in (OBJECT_BOXES,)
+                                  if k in self.store.observation_keys]
+        self.has_object_boxes: bool = OBJECT_BOXES in self._observation_keys
 
         frames = [*self.image_keys, *self.mask_keys]
         keys = [*frames, STATE, ACTION] if in_memory else [STATE, ACTION]
-        keys += self.label_keys
+        keys += self.label_keys + self._observation_keys
         # Load first and take the episode table from the same read: with skip_bad_shards a
         # shard whose chunks fail their checksums drops out here, and the table must agree.
         data = self.store.load(keys=keys)
@@ -232,6 +248,8 @@ class EpisodeDataset(Dataset):
         arrays[STATE] = torch.from_numpy(self._arrays[STATE][idx])  # (B, T, S)
         arrays[ACTION] = torch.from_numpy(self._arrays[ACTION][idx])  # (B, T, A)
         for key in self.label_keys:  # object pixels: (B, T, 2, 2)
+            arrays[key] = torch.from_numpy(self._arrays[key][idx])
+        for key in self._observation_keys:  # object boxes: (B, T, 8, 4)
             arrays[key] = torch.from_numpy(self._arrays[key][idx])
         arrays["pad"] = torch.from_numpy(pad)  # (B, T)
         if self._prompt_images is not None:  # (B, K, S, S, 3), the episode's crops

@@ -28,6 +28,7 @@ from envs.store.format import (
     MASK_KEYS,
     META_CHUNK_ROWS,
     META_KEYS,
+    OBSERVATION_KEYS,
     PRIVILEGED_KEYS,
     PROMPT_CHUNK_EPISODES,
     PROMPT_IMAGES_KEY,
@@ -54,8 +55,8 @@ from envs.store.writer import ShardWriter
 __all__ = [
     "COMPAT_KEYS", "DEFAULT_CHUNK_FRAMES", "DEFAULT_IMAGE_CODEC", "FORMAT_NAME", "FORMAT_VERSION",
     "ID_KEYS", "IMAGE_KEYS", "MASK_CODEC", "MASK_KEYS", "META_CHUNK_ROWS", "META_KEYS",
-    "PRIVILEGED_KEYS", "PROMPT_CHUNK_EPISODES", "PROMPT_IMAGES_KEY", "PROMPT_SHAPE_KEY",
-    "PROMPT_WORD_ID_KEY", "REJECTED_KEY", "SHARD_PREFIX",
+    "OBSERVATION_KEYS", "PRIVILEGED_KEYS", "PROMPT_CHUNK_EPISODES", "PROMPT_IMAGES_KEY",
+    "PROMPT_SHAPE_KEY", "PROMPT_WORD_ID_KEY", "REJECTED_KEY", "SHARD_PREFIX",
     "STATS_KEYS", "VECTOR_CHUNK_ROWS", "VECTOR_KEYS", "Episode", "EpisodeStore", "ShardReader",
     "ShardTables", "ShardWriter", "StepData", "StoreError", "compat_mismatch", "compute_stats",
     "default_seed_ranges", "list_shards", "merge", "shard_name", "stats_for",

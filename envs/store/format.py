@@ -15,6 +15,13 @@ Layout (docs/CONTRACTS.md, "Episode store"), in the style of diffusion_policy's 
                                    NaN for no second object (pick, push) and for steps
                                    merged in from a store without them. Privileged labels
                                    (TabletopEnv.object_pixels), never an observation
+        data/object_boxes          float32 (N, 8, 4) only when collected with
+                                   collect.object_boxes (info["observation_keys"] lists
+                                   it): per frame the obs["object_boxes"] the env gave, one
+                                   row [u0, v0, u1, v1] (fractions of the front image's
+                                   width and height) per visible task object, sorted by
+                                   box centre u then v, NaN rows past the last. An
+                                   observation a policy may act on
         data/state                 float32 (N, 8)
         data/action                float32 (N, 8)   the oracle's clean label
         data/executed_action       float32 (N, 8)   what was sent to the env (label + noise)
@@ -34,8 +41,9 @@ Layout (docs/CONTRACTS.md, "Episode store"), in the style of diffusion_policy's 
                                    words each slot replaced ("red cube"); -1 for unused slots
 
 Shards without info["prompt_image_shape"] have neither prompt array nor the prompt_words
-table, and shards without info["privileged_keys"] no object_pixels, so every store written
-before visual prompts or object pixels reads as before.
+table, shards without info["privileged_keys"] no object_pixels, and shards without
+info["observation_keys"] no object_boxes, so every store written before visual prompts,
+object pixels or object boxes reads as before.
 """
 
 from __future__ import annotations
@@ -50,7 +58,9 @@ from envs.spec import (
     COLLECT_SEED_START,
     EVAL_SEED_START,
     IMAGE,
+    MAX_OBJECT_BOXES,
     MAX_PROMPT_IMAGES,
+    OBJECT_BOXES,
     OBJECT_PIXELS,
     PROMPT_IMAGES,
     PROMPT_SLOT,
@@ -75,6 +85,12 @@ MASK_CODEC = {"cname": "zstd", "clevel": 3, "shuffle": "bitshuffle"}
 # info["privileged_keys"]; a shard without that entry has none and reads as before. NaN
 # marks a missing value (no second object; a step merged from a store without them).
 PRIVILEGED_KEYS: dict[str, tuple[int, ...]] = {OBJECT_PIXELS: (2, 2)}
+# Optional per-step float32 observations besides the images and the state (a policy may act
+# on them), with their row shape, stored like PRIVILEGED_KEYS. A shard lists the ones it has
+# in info["observation_keys"]; a shard without that entry has none and reads as before.
+# Like masks (and unlike privileged labels), a store has one only when every shard does:
+# NaN rows would read as "no object visible", a false observation.
+OBSERVATION_KEYS: dict[str, tuple[int, ...]] = {OBJECT_BOXES: (MAX_OBJECT_BOXES, 4)}
 # Per-step float32 arrays besides images, each (N, D).
 VECTOR_KEYS: tuple[str, ...] = ("state", "action", "executed_action")
 ID_KEYS: dict[str, str] = {"instruction_id": "int32", "task_id": "int16", "split_id": "int16"}
@@ -151,6 +167,9 @@ class Episode:
     # float32 (T, 2, 2): per step, (u, v) pixels of [target, second object] in the front
     # image, NaN where there is none (envs.spec.OBJECT_PIXELS, TabletopEnv.object_pixels)
     object_pixels: np.ndarray | None = None
+    # float32 (T, MAX_OBJECT_BOXES, 4): per step the obs["object_boxes"] of the frame, boxes
+    # [u0, v0, u1, v1] of the visible task objects, NaN rows past the last (envs.spec.OBJECT_BOXES)
+    object_boxes: np.ndarray | None = None
     # Visual prompts (envs.spec.PROMPT_IMAGES): uint8 (MAX_PROMPT_IMAGES, S, S, 3), the crops
     # of the instruction's PROMPT_SLOT markers in order, zeros past the slot count; None for
     # an episode recorded without them. prompt_words: the words each slot replaced, one per
@@ -201,6 +220,15 @@ class Episode:
                     f"episode object_pixels has shape {px.shape} dtype {px.dtype}; expected "
                     f"float {want} (per frame: [target, second object] x (u, v) pixels)")
             self.object_pixels = px.astype(np.float32)
+        if self.object_boxes is not None:
+            boxes = np.asarray(self.object_boxes)
+            want = (steps, *OBSERVATION_KEYS[OBJECT_BOXES])
+            if boxes.shape != want or not np.issubdtype(boxes.dtype, np.floating):
+                raise ValueError(
+                    f"episode object_boxes has shape {boxes.shape} dtype {boxes.dtype}; "
+                    f"expected float {want} (per frame: a [u0, v0, u1, v1] row per visible "
+                    "object, NaN rows past the last)")
+            self.object_boxes = boxes.astype(np.float32)
         self._check_prompt()
 
     def _check_prompt(self) -> None:
@@ -249,6 +277,10 @@ class Episode:
     def privileged(self) -> dict[str, np.ndarray]:
         """The episode's PRIVILEGED_KEYS arrays that it carries."""
         return {} if self.object_pixels is None else {OBJECT_PIXELS: self.object_pixels}
+
+    def observations(self) -> dict[str, np.ndarray]:
+        """The episode's OBSERVATION_KEYS arrays that it carries."""
+        return {} if self.object_boxes is None else {OBJECT_BOXES: self.object_boxes}
 
     def images(self) -> dict[str, np.ndarray]:
         out = {IMAGE: self.image}

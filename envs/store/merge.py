@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.spec import OBJECT_PIXELS
+from envs.spec import OBJECT_BOXES, OBJECT_PIXELS
 from envs.store.format import (
     DEFAULT_CHUNK_FRAMES,
     PRIVILEGED_KEYS,
@@ -31,7 +31,8 @@ def merge(sources: Sequence[Path | str], dest: Path | str, skip_bad_shards: bool
     words); sources whose crops differ in size are refused. Likewise object pixels: when
     any source has them, the merged store has them, NaN for every step of the episodes of
     sources without them (NaN already means "no value": the loss that reads them skips
-    non-finite entries); background masks only when every source has them.
+    non-finite entries); background masks and float observations (object boxes) only when
+    every source has them (an episode without them is no episode "with no object visible").
     """
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
@@ -58,9 +59,13 @@ def merge(sources: Sequence[Path | str], dest: Path | str, skip_bad_shards: bool
     prompt = next((st.prompt_image_shape for st in stores if st.prompt_image_shape), None)
     # Object pixels when any source has them (NaN rows for the episodes of the others).
     privileged = [k for k in PRIVILEGED_KEYS if any(k in st.privileged_keys for st in stores)]
+    # Object boxes, as masks, only when every source has them.
+    observations = [k for k in first.observation_keys
+                    if all(k in st.observation_keys for st in stores)]
     writer = ShardWriter(dest / shard_name(0), info=info, image_shape=first.image_shape,
                          image_keys=first.image_keys, chunk_frames=chunk_frames,
                          mask_keys=masks, privileged_keys=privileged,
+                         observation_keys=observations,
                          prompt_image_size=None if prompt is None else prompt[1])
     for st in stores:
         for sh in st.shards:
@@ -73,6 +78,8 @@ def merge(sources: Sequence[Path | str], dest: Path | str, skip_bad_shards: bool
                 seen.add(ep.seed)
                 if not masks:
                     ep.background_mask = None
+                if OBJECT_BOXES not in observations:
+                    ep.object_boxes = None
                 if OBJECT_PIXELS in privileged and ep.object_pixels is None:
                     ep.object_pixels = np.full((len(ep), *PRIVILEGED_KEYS[OBJECT_PIXELS]),
                                                np.nan, dtype=np.float32)

@@ -20,13 +20,21 @@ from typing import Any
 import numpy as np
 import zarr
 
-from envs.spec import BACKGROUND_MASK, IMAGE, MAX_PROMPT_IMAGES, OBJECT_PIXELS, WRIST_IMAGE
+from envs.spec import (
+    BACKGROUND_MASK,
+    IMAGE,
+    MAX_PROMPT_IMAGES,
+    OBJECT_BOXES,
+    OBJECT_PIXELS,
+    WRIST_IMAGE,
+)
 from envs.store.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     ID_KEYS,
     MASK_KEYS,
     META_KEYS,
+    OBSERVATION_KEYS,
     PRIVILEGED_KEYS,
     PROMPT_IMAGES_KEY,
     PROMPT_SHAPE_KEY,
@@ -141,6 +149,12 @@ class ShardReader:
         if unknown:
             raise StoreError(meta, f"unknown privileged keys {unknown}; this reader knows "
                                    f"{list(PRIVILEGED_KEYS)}")
+        # Float observations (format.OBSERVATION_KEYS): only in shards collected with them.
+        self.observation_keys: list[str] = list(self.info.get("observation_keys", []))
+        unknown = [k for k in self.observation_keys if k not in OBSERVATION_KEYS]
+        if unknown:
+            raise StoreError(meta, f"unknown observation keys {unknown}; this reader knows "
+                                   f"{list(OBSERVATION_KEYS)}")
         # Visual prompts: only in shards collected with them (info[PROMPT_SHAPE_KEY]).
         shape = self.info.get(PROMPT_SHAPE_KEY)
         self.prompt_image_shape: tuple[int, ...] | None = (
@@ -152,8 +166,8 @@ class ShardReader:
                                    f"[{MAX_PROMPT_IMAGES}, S, S, 3]")
         self._group = group
         self.arrays: dict[str, zarr.Array] = {}
-        for key in (self.image_keys + self.mask_keys + self.privileged_keys + list(VECTOR_KEYS)
-                    + list(ID_KEYS)):
+        for key in (self.image_keys + self.mask_keys + self.privileged_keys
+                    + self.observation_keys + list(VECTOR_KEYS) + list(ID_KEYS)):
             self.arrays[key] = _open_array(group, self.path, f"data/{key}")
         self.meta: dict[str, zarr.Array] = {
             k: _open_array(group, self.path, f"meta/{k}") for k in [*META_KEYS, REJECTED_KEY]
@@ -244,13 +258,15 @@ class ShardReader:
                         self.path / f"meta/{key}",
                         f"array has row shape {tuple(arr.shape[1:])} dtype {arr.dtype}; "
                         f"expected {np.dtype(dtype)} {want} (info[{PROMPT_SHAPE_KEY!r}])")
-        for key in self.privileged_keys:
+        floats = {**{k: PRIVILEGED_KEYS[k] for k in self.privileged_keys},
+                  **{k: OBSERVATION_KEYS[k] for k in self.observation_keys}}
+        for key, want in floats.items():
             arr = self.arrays[key]
-            if tuple(arr.shape[1:]) != PRIVILEGED_KEYS[key] or arr.dtype != np.float32:
+            if tuple(arr.shape[1:]) != want or arr.dtype != np.float32:
                 raise StoreError(
                     self.path / f"data/{key}",
                     f"array has row shape {tuple(arr.shape[1:])} dtype {arr.dtype}; expected "
-                    f"float32 {PRIVILEGED_KEYS[key]}")
+                    f"float32 {want}")
         for key in self.mask_keys:
             shape = tuple(self.arrays[key].shape[1:])
             if (image_shape is not None and shape != image_shape[:2]) or \
@@ -321,6 +337,8 @@ class ShardReader:
                              if BACKGROUND_MASK in self.mask_keys else None),
             object_pixels=(self.read(OBJECT_PIXELS, a, b)
                            if OBJECT_PIXELS in self.privileged_keys else None),
+            object_boxes=(self.read(OBJECT_BOXES, a, b)
+                          if OBJECT_BOXES in self.observation_keys else None),
             state=self.read("state", a, b),
             action=self.read("action", a, b),
             executed_action=self.read("executed_action", a, b),
@@ -470,6 +488,14 @@ class EpisodeStore:
         return [k for k in self.shards[0].mask_keys
                 if all(k in sh.mask_keys for sh in self.shards[1:])]
 
+    @property
+    def observation_keys(self) -> list[str]:
+        """Float observations (format.OBSERVATION_KEYS, e.g. object_boxes) that every shard
+        holds, as masks: NaN rows for a shard without them would read as "no object
+        visible", so a store mixing shards with and without them has none."""
+        return [k for k in OBSERVATION_KEYS
+                if all(k in sh.observation_keys for sh in self.shards)]
+
     def seeds(self) -> np.ndarray:
         """Seeds of all committed episodes, in store order."""
         return np.concatenate([sh.seeds for sh in self.shards])
@@ -554,8 +580,8 @@ class EpisodeStore:
 
     def _load(self, keys: Sequence[str] | None) -> StepData:
         privileged = self.privileged_keys
-        all_keys = (self.image_keys + self.mask_keys + privileged + list(VECTOR_KEYS)
-                    + list(ID_KEYS))
+        all_keys = (self.image_keys + self.mask_keys + privileged + self.observation_keys
+                    + list(VECTOR_KEYS) + list(ID_KEYS))
         wanted = all_keys if keys is None else list(keys)
         for k in wanted:
             if k not in all_keys:
@@ -608,6 +634,9 @@ class EpisodeStore:
             info[PROMPT_SHAPE_KEY] = list(self.prompt_image_shape)
         if self.privileged_keys:  # likewise for object pixels
             info["privileged_keys"] = self.privileged_keys
+        info.pop("observation_keys", None)  # the first shard's may be more than all hold
+        if self.observation_keys:
+            info["observation_keys"] = self.observation_keys
         success = np.concatenate([sh.success for sh in self.shards])
         info.update(
             tasks=self.tasks,

@@ -39,6 +39,7 @@ from envs.store.format import (
     MASK_KEYS,
     META_CHUNK_ROWS,
     META_KEYS,
+    OBSERVATION_KEYS,
     PRIVILEGED_KEYS,
     PROMPT_CHUNK_EPISODES,
     PROMPT_IMAGES_KEY,
@@ -94,7 +95,10 @@ class ShardWriter:
     committed episode. `mask_keys`: per-frame masks to store besides the images (MASK_KEYS;
     every appended episode must carry them). `privileged_keys`: per-step privileged labels
     to store (PRIVILEGED_KEYS, e.g. object_pixels; info["privileged_keys"]; every appended
-    episode must carry them, and one that carries others is refused). `prompt_image_size`:
+    episode must carry them, and one that carries others is refused). `observation_keys`:
+    per-step float observations to store (OBSERVATION_KEYS, e.g. object_boxes;
+    info["observation_keys"]; every appended episode must carry them, and one that carries
+    others is refused). `prompt_image_size`:
     S of the square visual prompt crops to store per episode (meta/prompt_images,
     info["prompt_image_shape"]); an
     appended episode without prompt_images is stored as a text-only one (zero crops, no
@@ -117,6 +121,7 @@ class ShardWriter:
         mask_keys: Sequence[str] = (),
         prompt_image_size: int | None = None,
         privileged_keys: Sequence[str] = (),
+        observation_keys: Sequence[str] = (),
     ) -> None:
         self.path = Path(path)
         image_shape = tuple(int(s) for s in image_shape)
@@ -144,6 +149,13 @@ class ShardWriter:
         self.info.pop("privileged_keys", None)
         if privileged_keys:  # absent, not empty, without them, as mask_keys
             self.info["privileged_keys"] = list(privileged_keys)
+        for k in observation_keys:
+            if k not in OBSERVATION_KEYS:
+                raise ValueError(f"observation key {k!r}; expected one of "
+                                 f"{list(OBSERVATION_KEYS)}")
+        self.info.pop("observation_keys", None)
+        if observation_keys:  # absent, not empty, without them, as mask_keys
+            self.info["observation_keys"] = list(observation_keys)
         self.info.pop(PROMPT_SHAPE_KEY, None)
         self.prompt_shape: tuple[int, ...] | None = None
         if prompt_image_size is not None:  # absent without prompts, as mask_keys
@@ -156,6 +168,7 @@ class ShardWriter:
         self.image_keys = list(image_keys)
         self.mask_keys = list(mask_keys)
         self.privileged_keys = list(privileged_keys)
+        self.observation_keys = list(observation_keys)
         self._lock_fd = _lock_shard(self.path, lock_wait_s)
         if (self.path / "zarr.json").exists():
             self._reopen()
@@ -186,8 +199,9 @@ class ShardWriter:
                 dtype="uint8", compressors=[BloscCodec(**MASK_CODEC), crc],
             )
         small = [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), crc]
-        for k in self.privileged_keys:
-            shape = PRIVILEGED_KEYS[k]
+        floats = {**{k: PRIVILEGED_KEYS[k] for k in self.privileged_keys},
+                  **{k: OBSERVATION_KEYS[k] for k in self.observation_keys}}
+        for k, shape in floats.items():
             group.create_array(f"data/{k}", shape=(0, *shape), chunks=(VECTOR_CHUNK_ROWS, *shape),
                                dtype="float32", fill_value=float("nan"), compressors=small)
         dims = {"state": state_dim, "action": action_dim, "executed_action": action_dim}
@@ -229,6 +243,8 @@ class ShardWriter:
                 ("masks", reader.mask_keys, self.mask_keys, "collect.background_mask"),
                 ("privileged labels", reader.privileged_keys, self.privileged_keys,
                  "collect.object_pixels"),
+                ("observations", reader.observation_keys, self.observation_keys,
+                 "collect.object_boxes"),
                 ("prompt images of shape", reader.prompt_image_shape, self.prompt_shape,
                  "collect.visual_prompts and the crop size")):
             if theirs != ours:
@@ -262,7 +278,8 @@ class ShardWriter:
         """Cache the array handles (a lookup re-reads metadata from disk every time)."""
         self._group = zarr.open_group(str(self.path), mode="r+")
         names = [f"data/{k}" for k in (*self.image_keys, *self.mask_keys,
-                                        *self.privileged_keys, *VECTOR_KEYS, *ID_KEYS)]
+                                        *self.privileged_keys, *self.observation_keys,
+                                        *VECTOR_KEYS, *ID_KEYS)]
         names += [f"meta/{k}" for k in (*META_KEYS, REJECTED_KEY)]
         if self.prompt_shape is not None:
             names += [f"meta/{PROMPT_IMAGES_KEY}", f"meta/{PROMPT_WORD_ID_KEY}"]
@@ -327,6 +344,11 @@ class ShardWriter:
             raise ValueError(f"episode (seed {episode.seed}) has privileged labels "
                              f"{sorted(privileged)}; shard stores {sorted(self.privileged_keys)}"
                              " (collect.object_pixels)")
+        observations = episode.observations()
+        if sorted(observations) != sorted(self.observation_keys):
+            raise ValueError(f"episode (seed {episode.seed}) has observations "
+                             f"{sorted(observations)}; shard stores "
+                             f"{sorted(self.observation_keys)} (collect.object_boxes)")
         for k in VECTOR_KEYS:
             want = self._arrays[f"data/{k}"].shape[1]
             if getattr(episode, k).shape[1] != want:
@@ -348,6 +370,7 @@ class ShardWriter:
             **{f"data/{k}": (v, start) for k, v in images.items()},
             **{f"data/{k}": (v, start) for k, v in masks.items()},
             **{f"data/{k}": (v, start) for k, v in privileged.items()},
+            **{f"data/{k}": (v, start) for k, v in observations.items()},
             **{f"data/{k}": (getattr(episode, k), start) for k in VECTOR_KEYS},
             **{f"data/{k}": (np.full(n, i, dtype=ID_KEYS[k]), start) for k, i in ids.items()},
             "meta/episode_ends": (np.array([start + n], dtype=np.int64), e),

@@ -54,6 +54,11 @@ ERROR_CODES = (
 # free of envs). A server announces the image shape in metadata, or nil for text only.
 PROMPT_IMAGES = "prompt_images"
 PROMPT_SLOT = "{image}"
+# Object boxes (envs.spec.OBJECT_BOXES), for a policy with object-centric tokens: float32
+# (K, 4) rows [u0, v0, u1, v1] of the image, a whole NaN row for each empty slot; the one
+# observation whose floats may be NaN (whole rows only).
+OBJECT_BOXES = "object_boxes"
+NAN_ROWS_ALLOWED = frozenset({OBJECT_BOXES})
 
 NDARRAY_TAG = "__ndarray__"
 # Plain numeric dtypes only: no object, string or structured dtypes ever come off the wire.
@@ -196,8 +201,14 @@ class ArraySpec:
         if tuple(value.shape) != self.shape:
             raise ProtocolError(E_BAD_SHAPE, f"{what} has shape {list(value.shape)}; expected "
                                              f"{list(self.shape)}")
-        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
-            raise ProtocolError(E_BAD_VALUE, f"{what} has non-finite values")
+        if value.dtype.kind == "f":
+            ok = np.isfinite(value)
+            if key in NAN_ROWS_ALLOWED:  # a NaN row is "no object" (whole rows only)
+                ok |= np.isnan(value).all(axis=-1, keepdims=True)
+            if not np.all(ok):
+                raise ProtocolError(E_BAD_VALUE, f"{what} has non-finite values" + (
+                    " (only whole NaN rows, for no object, are allowed)"
+                    if key in NAN_ROWS_ALLOWED else ""))
         return value
 
 

@@ -236,6 +236,8 @@ def run_sim_robot(url: str, *, token: str | None = None, task: str = "pick",
         env = envs.make_env(task=task, split=split, image_size=image.shape[0],
                             max_steps=max_steps,
                             wrist_camera="wrist_image" in bridge.metadata.observation,
+                            # and one that reads object boxes announces "object_boxes"
+                            object_boxes="object_boxes" in bridge.metadata.observation,
                             **({} if prompt is None
                                else {"prompt_image_size": prompt.shape[0]}))
         try:

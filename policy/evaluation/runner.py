@@ -49,8 +49,12 @@ class EnvSettings:
     max_steps: int | None = None
     split_overrides: dict | None = None
 
-    def make_kwargs(self, trained: dict | None) -> dict[str, Any]:
+    def make_kwargs(self, trained: dict | None, object_boxes: bool = False) -> dict[str, Any]:
+        """`trained`: the checkpoint's env.json; `object_boxes`: the policy reads
+        obs["object_boxes"], so the env must provide them."""
         kw: dict[str, Any] = {}
+        if object_boxes:
+            kw["object_boxes"] = True
         image_size, wrist = self.image_size, self.wrist_camera
         if trained is not None:
             camera = _trained_camera(trained)
@@ -207,7 +211,8 @@ def evaluate(policy_factory: Any, config: EvalConfig, out_dir: str | Path | None
     if not policies:
         raise ValueError("nothing to evaluate: no policy and no baselines")
 
-    env_kwargs = settings.make_kwargs(trained_env if isinstance(trained_env, dict) else None)
+    env_kwargs = settings.make_kwargs(trained_env if isinstance(trained_env, dict) else None,
+                                      bool(getattr(policy_obj, "reads_object_boxes", False)))
     out = Path(out_dir) if out_dir is not None else None
     plan = shard(plan_episodes(policies, tasks, splits, episodes, seed_start),
                  shard_index, num_shards)

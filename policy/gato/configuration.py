@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from policy.base import PolicyConfig
 from policy.tokenizers.images import GRID_POOLS, LITE0_BLOCKS, PATCH_ENCODERS, check_conv_stem
 
-IMAGE_TOKENIZERS = ("patches", "rt1_tokens", "film_grid")
+IMAGE_TOKENIZERS = ("patches", "rt1_tokens", "film_grid", "film_objects")
+# the tokenizers built on RT-1's FiLM conv stem
+FILM_STEMS = ("rt1_tokens", "film_grid", "film_objects")
 TEXT_POSITIONS = ("prefix", "per_step")
 READOUTS = ("per_token", "frame_mean")
 ACT_READOUTS = ("per_token", "aux_frame_mean")
@@ -41,7 +43,11 @@ class GatoConfig(PolicyConfig):
     mu_m: float = 256.0  # mu-law M (Gato: 256)
     # "patches": Gato's; "rt1_tokens" (not Gato): RT-1's FiLM conv stem + TokenLearner tokens;
     # "film_grid" (not Gato): RT-1's FiLM conv stem over the whole frame, its feature map
-    # averaged over the patch grid: one token per patch_size x patch_size patch, as "patches"
+    # averaged over the patch grid: one token per patch_size x patch_size patch, as "patches";
+    # "film_objects" (not Gato; VIMA's object-centric tokens): the same stem's feature map
+    # averaged over each object's box (obs["object_boxes"], envs.spec.OBJECT_BOXES) plus an
+    # embedding of the box: one token per object slot (a learned "no object" token in empty
+    # slots); the env and the store must carry the boxes (env/collect object_boxes=true)
     image_tokenizer: str = "patches"
     # film_grid: how a patch's cell of the feature map becomes its token: "mean" of its
     # feature vectors | "concat": all of them, concatenated and projected (ViT's patch
@@ -110,11 +116,11 @@ class GatoConfig(PolicyConfig):
         if self.aux_frame_mean > 0 and self.readout != "per_token":
             raise ValueError(f"aux_frame_mean={self.aux_frame_mean} needs readout='per_token' "
                              f"(got {self.readout!r}): frame_mean already reads the frame mean")
-        if self.grounding_loss > 0 and self.image_tokenizer == "rt1_tokens":
+        if self.grounding_loss > 0 and self.image_tokenizer in ("rt1_tokens", "film_objects"):
             raise ValueError(f"grounding_loss={self.grounding_loss} needs image_tokenizer="
                              f"'patches' or 'film_grid' (got {self.image_tokenizer!r}): it scores "
                              "image patches")
-        if self.image_tokenizer in ("rt1_tokens", "film_grid"):
+        if self.image_tokenizer in FILM_STEMS:
             self._check_rt1_tokens()
         self._check_patch_encoder()
         if not self.text_in_sequence:
@@ -173,8 +179,8 @@ class GatoConfig(PolicyConfig):
     def _check_text_outside_sequence(self) -> None:
         if self.image_tokenizer == "patches" and not self.patch_film:
             raise ValueError("text_in_sequence=False needs the sentence in the image stem "
-                             "(image_tokenizer='rt1_tokens' or 'film_grid', or "
-                             "patch_film=True); with "
+                             "(image_tokenizer='rt1_tokens', 'film_grid' or 'film_objects', "
+                             "or patch_film=True); with "
                              f"image_tokenizer={self.image_tokenizer!r} and patch_film=False "
                              "the policy would never see its instruction")
         if self.text_position != "prefix":

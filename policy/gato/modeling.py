@@ -31,6 +31,13 @@ tokens and Gato's mu-law bins:
   content; ``grounding_loss`` scores its tokens as patches. ``grid_pool="concat"`` projects
   each cell's feature vectors concatenated instead of their mean (ViT's patch embedding on
   the feature map), so where in its patch a feature sits survives into the token.
+- ``image_tokenizer="film_objects"`` (VIMA's object-centric tokens, Jiang et al. 2023): the
+  same stem and Fourier positions, its feature map averaged over each object's box
+  (obs["object_boxes"]: up to MAX_OBJECT_BOXES rows, sorted by place, never by role) plus an
+  embedding of the box's centre and size, one token per slot and a learned "no object" token
+  in empty slots; the random shift and the mirror move the boxes with the pixels
+  (policy/tokenizers/objects.py). A frame is then as many tokens as object slots, each
+  standing for one thing on the table rather than one square of the frame.
 - ``text_position="per_step"``: the text token is repeated in every step, after its image and
   state tokens and just before the separator, instead of once before the first step; the
   text token can then attend to the patches of its own frame, and every action token has the
@@ -81,7 +88,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from envs.spec import INSTRUCTION, OBJECT_PIXELS, STATE_NAMES, ActionSpec
+from envs.spec import INSTRUCTION, MAX_OBJECT_BOXES, OBJECT_PIXELS, STATE_NAMES, ActionSpec
 from policy.base import Policy
 from policy.gato.configuration import GatoConfig
 from policy.registry import register_policy
@@ -92,9 +99,10 @@ from policy.tokenizers.images import (
     RT1ImageTokenizer,
     load_backbone,
     preprocess_images,
-    random_shift,
+    random_shift_offsets,
     resolve_pretrained,
 )
+from policy.tokenizers.objects import shift_boxes
 from policy.tokenizers.prompt import slot_mask
 from policy.tokenizers.state import StateTokenizer
 from policy.transformer import KVCache, Transformer
@@ -139,8 +147,9 @@ class GatoPolicy(Policy):
                 channels=c.patch_channels, cond_dim=c.text_dim if c.patch_film else None,
                 encoder=c.patch_encoder, lite_blocks=c.lite_blocks, lite_frozen=c.lite_frozen)
             n_image = self.image_tokenizer.num_patches
-        else:  # rt1_tokens / film_grid: RT-1's stem, as RT1Policy builds it
+        else:  # rt1_tokens / film_grid / film_objects: RT-1's stem, as RT1Policy builds it
             grid = size // c.patch_size if c.image_tokenizer == "film_grid" else None
+            objects = MAX_OBJECT_BOXES if c.image_tokenizer == "film_objects" else None
             if grid is not None and size % c.patch_size:
                 raise ValueError(f"image_tokenizer='film_grid': a {size} px frame does not cut "
                                  f"into {c.patch_size} px patches; set resize_to to a multiple "
@@ -149,8 +158,9 @@ class GatoPolicy(Policy):
                 d_model=c.d_model, text_dim=c.text_dim, channels=c.conv_channels,
                 strides=c.conv_strides, blocks=c.conv_blocks, expand=c.conv_expand,
                 num_tokens=c.image_tokens, fused_stages=c.conv_fused_stages, grid=grid,
-                grid_pool=c.grid_pool, image_size=size)
-            n_image = c.image_tokens if grid is None else grid * grid
+                grid_pool=c.grid_pool, image_size=size, objects=objects)
+            n_image = (objects if objects is not None else c.image_tokens if grid is None
+                       else grid * grid)
         self.state_tokenizer = (StateTokenizer(state_dim=len(STATE_NAMES), d_model=c.d_model,
                                                stats=self.stats) if c.use_state else None)
         if c.text_mode == "sentence":
@@ -233,26 +243,37 @@ class GatoPolicy(Policy):
         ids, mask = ids.to(self.device), mask.to(self.device)
         return self.text_embed(ids) + self.text_pos[: ids.shape[1]], mask, None
 
+    @property
+    def reads_object_boxes(self) -> bool:
+        return self.config.image_tokenizer == "film_objects"
+
     def observation_tokens(self, image: torch.Tensor, state: torch.Tensor, augment: bool,
-                           cond: torch.Tensor | None = None, text: torch.Tensor | None = None
-                           ) -> torch.Tensor:
+                           cond: torch.Tensor | None = None, text: torch.Tensor | None = None,
+                           boxes: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 (B, T, H, W, 3), state (B, T, S) -> [image, state, (text), separator]
         (B, T, n, d).
 
         ``cond`` (B, text_dim): the image stem's FiLM input (``patch_film``, ``rt1_tokens``);
         ``text`` (B, 1, d): the text token, required exactly when ``text_position`` is
-        "per_step"."""
+        "per_step"; ``boxes`` (B, T, K, 4): the frames' object boxes (``film_objects``),
+        moved with the random shift."""
         if (text is None) == self.per_step_text:
             raise ValueError("text tokens are required exactly when text_position='per_step'")
+        if (boxes is None) == self.reads_object_boxes:
+            raise ValueError("object boxes are required exactly when image_tokenizer="
+                             "'film_objects'")
         b, t = image.shape[:2]
         x = preprocess_images(rearrange(image, "b t h w c -> (b t) h w c"), self.config.resize_to)
         if augment and self.config.augment_shift > 0:
-            x = random_shift(rearrange(x, "(b t) c h w -> b t c h w", b=b),
-                             self.config.augment_shift)
+            x, offsets = random_shift_offsets(rearrange(x, "(b t) c h w -> b t c h w", b=b),
+                                              self.config.augment_shift)
             x = rearrange(x, "b t c h w -> (b t) c h w")
+            if boxes is not None:
+                boxes = shift_boxes(boxes, offsets, self.config.augment_shift, x.shape[-1])
         if cond is not None:
             cond = cond.repeat_interleave(t, dim=0)  # (B * T, text_dim), frames of a sample
-        parts = [rearrange(self.image_tokenizer(x, cond), "(b t) p d -> b t p d", b=b)]
+        extra = {} if boxes is None else {"boxes": rearrange(boxes, "b t k f -> (b t) k f")}
+        parts = [rearrange(self.image_tokenizer(x, cond, **extra), "(b t) p d -> b t p d", b=b)]
         if self.state_tokenizer is not None:
             parts.append(rearrange(self.state_tokenizer(state), "b t d -> b t 1 d"))
         if text is not None:
@@ -287,8 +308,9 @@ class GatoPolicy(Policy):
         image, state, action, valid = self._unpack(batch)
         targets = self.action_tokenizer.encode(action)  # (B, T, A)
         prompt = self.unpack_prompt(batch) if self.reads_prompt_images else None
+        boxes = self.unpack_boxes(batch, image) if self.reads_object_boxes else None
         logits, aux, query, patches = self._sequence(image, state, targets, valid,
-                                                     batch[INSTRUCTION], prompt)
+                                                     batch[INSTRUCTION], prompt, boxes)
         if self.ground_query is not None and self.training:
             self._ground_metrics = self.grounding(query, patches, batch, valid, image.shape[2])
         return logits, aux, targets, valid
@@ -337,9 +359,11 @@ class GatoPolicy(Policy):
 
     def sequence_logits(self, image: torch.Tensor, state: torch.Tensor, targets: torch.Tensor,
                         valid: torch.Tensor, instructions: Sequence[str],
-                        prompt: torch.Tensor | None = None) -> torch.Tensor:
+                        prompt: torch.Tensor | None = None, boxes: torch.Tensor | None = None
+                        ) -> torch.Tensor:
         """Teacher-forced logits (B, T, A, K) for action tokens ``targets`` (B, T, A)."""
-        return self.sequence_outputs(image, state, targets, valid, instructions, prompt)[0]
+        return self.sequence_outputs(image, state, targets, valid, instructions, prompt,
+                                     boxes)[0]
 
     def prompt_tokens(self, instructions: Sequence[str], prompt: torch.Tensor | None
                       ) -> torch.Tensor | None:
@@ -354,16 +378,18 @@ class GatoPolicy(Policy):
 
     def sequence_outputs(self, image: torch.Tensor, state: torch.Tensor, targets: torch.Tensor,
                          valid: torch.Tensor, instructions: Sequence[str],
-                         prompt: torch.Tensor | None = None
+                         prompt: torch.Tensor | None = None, boxes: torch.Tensor | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Teacher-forced logits (B, T, A, K) and aux_frame_mean's logits (B, T, A, K) from
         the mean of each step's observation tokens (None when the option is off).
-        ``prompt``: uint8 (B, K, S, S, 3) crops, for a policy that reads prompt images."""
-        return self._sequence(image, state, targets, valid, instructions, prompt)[:2]
+        ``prompt``: uint8 (B, K, S, S, 3) crops, for a policy that reads prompt images;
+        ``boxes`` (B, T, K, 4): object boxes, for ``film_objects``."""
+        return self._sequence(image, state, targets, valid, instructions, prompt, boxes)[:2]
 
     def _sequence(self, image: torch.Tensor, state: torch.Tensor, targets: torch.Tensor,
                   valid: torch.Tensor, instructions: Sequence[str],
-                  prompt: torch.Tensor | None = None) -> tuple[torch.Tensor | None, ...]:
+                  prompt: torch.Tensor | None = None, boxes: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor | None, ...]:
         """sequence_outputs, plus what grounding_loss reads: the mean of the instruction's
         tokens (B, d) and the outputs at each frame's image tokens (B, T, P, d)."""
         b, t = image.shape[:2]
@@ -377,7 +403,7 @@ class GatoPolicy(Policy):
         if images is not None:  # the prompt's images follow its words in the prefix
             text = torch.cat([text, images.to(text.dtype)], dim=1)
             text_mask = torch.cat([text_mask, text_mask.new_ones(images.shape[:2])], dim=1)
-        steps = self.observation_tokens(image, state, self.training, cond, step_text)
+        steps = self.observation_tokens(image, state, self.training, cond, step_text, boxes)
         if not self.frame_mean:
             steps = torch.cat([steps, self.action_tokens(targets)], dim=2)  # (B, T, step_len, d)
         x = torch.cat([text, rearrange(steps, "b t n d -> b (t n) d")], dim=1)
@@ -437,9 +463,11 @@ class GatoPolicy(Policy):
                            self.config.history)
         return self.transformer(x, mask, self._cache)
 
-    def _act(self, image: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    def _act(self, image: torch.Tensor, state: torch.Tensor,
+             boxes: torch.Tensor | None = None) -> torch.Tensor:
         obs = self.observation_tokens(image[None, None], state[None, None], False, self._cond,
-                                      self._step_text)[0]
+                                      self._step_text,
+                                      None if boxes is None else boxes[None, None])[0]
         if not self.use_kv_cache:
             return self._act_uncached(obs)
         s = self._step

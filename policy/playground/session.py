@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from envs.camera import CameraConfig, FrontCamera
-from envs.spec import IMAGE, INSTRUCTION, PROMPT_IMAGES, prompt_slots
+from envs.spec import IMAGE, INSTRUCTION, OBJECT_BOXES, PROMPT_IMAGES, prompt_slots
 from policy.bridge.loading import load_served_policy
 from policy.bridge.server import ServedPolicy
 from policy.evaluation.actors import OracleActor
@@ -60,7 +60,9 @@ def load_checkpoint(path: str | Path, torch_threads: int | None = 1,
                     warmup_steps: int = 1) -> Checkpoint:
     """Load a checkpoint directory as the bridge does, with the env it needs."""
     served = load_served_policy(path, warmup_steps=warmup_steps, torch_threads=torch_threads)
-    return Checkpoint(str(path), served, EnvSettings().make_kwargs(read_checkpoint_env(path)))
+    return Checkpoint(str(path), served,
+                      EnvSettings().make_kwargs(read_checkpoint_env(path),
+                                                object_boxes=OBJECT_BOXES in served.observation))
 
 
 @dataclass

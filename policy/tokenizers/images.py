@@ -50,16 +50,24 @@ def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator | None = 
     x: (B, T, C, H, W). One shift per sample, shared by its T frames, so motion between the
     frames of a history is not confused with the augmentation.
     """
-    if pad <= 0:
-        return x
+    return random_shift_offsets(x, pad, generator)[0]
+
+
+def random_shift_offsets(x: torch.Tensor, pad: int, generator: torch.Generator | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """random_shift, and each sample's crop offsets (B, 2) as (dy, dx) in [0, 2 * pad]: a
+    pixel moves by (pad - dy, pad - dx), which is how what is tied to pixels (object boxes)
+    follows the shift. pad <= 0: x unchanged and offsets of pad (no move)."""
     b, t, c, h, w = x.shape
+    if pad <= 0:
+        return x, torch.full((b, 2), max(pad, 0), dtype=torch.long)
     padded = F.pad(rearrange(x, "b t c h w -> b (t c) h w"), (pad, pad, pad, pad),
                    mode="replicate")
     offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator)
     # one slice per sample: two gathers (rows, then columns) gave the same crops 14x slower
     out = torch.stack([padded[i, :, dy:dy + h, dx:dx + w]
                        for i, (dy, dx) in enumerate(offsets.tolist())])
-    return rearrange(out, "b (t c) h w -> b t c h w", t=t)
+    return rearrange(out, "b (t c) h w -> b t c h w", t=t), offsets
 
 
 def _groups(channels: int) -> int:
@@ -400,15 +408,22 @@ class RT1ImageTokenizer(nn.Module):
                  fused_stages: int = 0, position_encoding: bool = True,
                  text_norm: bool = True, backbone: str = "film_efficientnet",
                  lite_blocks: int = 8, lite_frozen: int = 0, grid: int | None = None,
-                 grid_pool: str = "mean", image_size: int | None = None) -> None:
+                 grid_pool: str = "mean", image_size: int | None = None,
+                 objects: int | None = None) -> None:
         """``grid``: None pools the feature map to ``num_tokens`` tokens by TokenLearner (RT-1);
         an int g cuts it into a g x g grid instead, one token per cell in row-major order
         (the cells of g x g image patches), so every token stands for one place in the frame.
         ``grid_pool``: how a cell becomes a token: "mean" averages its feature vectors, "concat"
         projects them all, concatenated (ViT's patch embedding on the feature map: where in
         its cell a feature sits survives); "concat" needs ``image_size`` to size the
-        projection."""
+        projection. ``objects``: an int K pools the feature map over each of K object boxes
+        instead (policy/tokenizers/objects.py: ``forward(..., boxes=(N, K, 4))``), each
+        token the box's mean feature plus an embedding of the box, a learned "no object"
+        token in empty slots (VIMA's object-centric tokens on RT-1's FiLM stem)."""
         super().__init__()
+        if objects is not None and (objects < 1 or grid is not None):
+            raise ValueError(f"objects={objects} with grid={grid}; expected objects >= 1 and "
+                             "no grid (a frame is pooled by boxes or by cells, not both)")
         if grid is not None and grid < 1:
             raise ValueError(f"grid={grid}; expected None (TokenLearner) or a grid side >= 1")
         if grid_pool not in GRID_POOLS:
@@ -434,8 +449,14 @@ class RT1ImageTokenizer(nn.Module):
         # encoder gives it (an ablation).
         self.text_norm = nn.LayerNorm(text_dim) if text_norm else nn.Identity()
         self.grid = grid
+        self.objects = objects
         self.token_learner = (TokenLearner(self.backbone.out_channels, num_tokens)
-                              if grid is None else None)
+                              if grid is None and objects is None else None)
+        if objects is not None:
+            from policy.tokenizers.objects import BoxEmbedding
+
+            self.box_embed = BoxEmbedding(d_model)
+            self.empty_object = nn.Parameter(torch.randn(d_model) * 0.02)
         self.grid_pool = grid_pool
         self.cell = 1  # feature-map positions per cell side ("concat")
         if grid_pool == "concat":
@@ -455,10 +476,24 @@ class RT1ImageTokenizer(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, text: torch.Tensor,
+                boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """``boxes`` (N, K, 4): the frames' object boxes, exactly when built with ``objects``."""
+        if (boxes is None) != (self.objects is None):
+            raise ValueError(f"object boxes are needed exactly when the tokenizer pools by "
+                             f"objects (objects={self.objects}); got boxes="
+                             f"{None if boxes is None else tuple(boxes.shape)}")
         x = self.backbone((images - self.mean) / self.std, self.text_norm(text))
         if self.positions is not None:
             x = self.positions(x)
+        if boxes is not None:  # one token per object slot
+            from policy.tokenizers.objects import box_present, cell_weights
+
+            weights = cell_weights(boxes.to(x.dtype), x.shape[-2], x.shape[-1])  # (N, K, h, w)
+            pooled = torch.einsum("nkhw,nchw->nkc", weights, x)
+            tokens = self.proj(pooled) + self.box_embed(boxes).to(pooled.dtype)
+            present = box_present(boxes)[..., None]
+            return torch.where(present, tokens, self.empty_object.to(tokens.dtype))
         if self.grid is not None:  # one token per grid cell, row-major
             if x.shape[-1] % self.grid or x.shape[-2] % self.grid:
                 raise ValueError(f"feature map {tuple(x.shape[-2:])} does not divide into a "
