@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from envs.spec import CONTROL_HZ, INSTRUCTION, PROMPT_SLOT, STATE, STATE_NAMES
+from envs.spec import CONTROL_HZ, INSTRUCTION, OBJECT_BOXES, PROMPT_SLOT, STATE, STATE_NAMES
 from policy.base import Policy, summarize_env
 from policy.checkpoint_hash import checkpoint_sha256
 
@@ -72,6 +72,9 @@ def warm_up(policy: Policy, steps: int) -> float:
     observation: dict[str, Any] = {key: np.zeros(shape, dtype=dtype)
                                    for key, (shape, dtype) in policy.observation_shapes().items()}
     observation[INSTRUCTION] = "warm up"
+    if OBJECT_BOXES in observation:  # one object over the whole frame, the other slots empty
+        observation[OBJECT_BOXES][:] = np.nan
+        observation[OBJECT_BOXES][0] = (0.0, 0.0, 1.0, 1.0)
     policy.reset("warm up")
     last = float("nan")
     for _ in range(steps):

@@ -204,3 +204,44 @@ def test_the_bridge_accepts_nan_rows_for_boxes_only() -> None:
     with pytest.raises(P.ProtocolError, match="non-finite"):
         spec.check("state", boxes)
     assert P.OBJECT_BOXES == OBJECT_BOXES
+
+
+def test_served_over_the_bridge_with_the_sim_robots_boxes(compose_policy, text_encoder,
+                                                           tmp_path) -> None:
+    """A film_objects checkpoint announces object_boxes; the simulated robot builds its env
+    with them and sends them (NaN rows included); the bridge's actions equal in-process."""
+    import envs
+    from policy.bridge.client import BridgeClient
+    from policy.bridge.loading import load_served_policy
+    from policy.bridge.robot import run_sim_robot
+    from policy.bridge.server import ServerConfig
+    from policy.bridge.thread import ServerThread
+
+    env = envs.make_env("pick", "seen", image_size=64, object_boxes=True)
+    try:
+        torch.manual_seed(0)
+        policy = make_policy(compose_policy("gato_tiny", ("image_tokenizer=film_objects",)),
+                             DEFAULT_ACTION_SPEC, env.unwrapped.describe(), STATS)
+        ckpt = policy.save_pretrained(tmp_path / "gato_objects")
+        obs, _ = env.reset(seed=1)
+        observations = [obs]
+        for _ in range(2):
+            obs, *_ = env.step(env.action_space.sample())
+            observations.append(obs)
+    finally:
+        env.close()
+    assert 1 <= int(np.isfinite(observations[0][OBJECT_BOXES]).all(-1).sum()) < K  # NaN rows
+    served = load_served_policy(ckpt, warmup_steps=1)
+    assert served.observation[OBJECT_BOXES] == P.ArraySpec((K, 4), "float32")
+    local = Policy.from_pretrained(ckpt).eval()
+    instruction = str(observations[0]["instruction"])
+    local.reset(instruction)
+    with ServerThread(served, ServerConfig(port=0)) as st:
+        with BridgeClient(st.url) as client:
+            client.reset(instruction)
+            for o in observations:
+                np.testing.assert_array_equal(client.select_action(o), local.select_action(o))
+        report = run_sim_robot(st.url, episodes=1, max_steps=3, control_hz=1000.0,
+                               timeout_s=10.0)
+    (episode,) = report.episodes  # an untrained policy may end it by its terminate flag
+    assert episode.steps >= 1 and episode.timeouts == 0
