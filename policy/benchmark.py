@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from envs.camera import WristCameraConfig
-from envs.spec import DEFAULT_ACTION_SPEC, WRIST_IMAGE
+from envs.spec import DEFAULT_ACTION_SPEC, MAX_OBJECT_BOXES, OBJECT_BOXES, WRIST_IMAGE
 from policy.base import Policy, make_policy
 from policy.train.config import OptimConfig, bf16_cpu_enabled
 from policy.train.loop import autocast_for, compile_policy, set_optimizer_impl, update_policy
@@ -133,10 +133,26 @@ def time_calls(fn: Callable[[int], Any], calls: int, warmup: int) -> Timing:
     return Timing.of(seconds, cpu_seconds)
 
 
-def synthetic_batch(b: int, t: int, size: int, seed: int = 0, wrist: bool = False
-                    ) -> dict[str, Any]:
+def synthetic_boxes(objects: int = 4) -> np.ndarray:
+    """float32 (MAX_OBJECT_BOXES, 4): `objects` boxes in a row across the frame, NaN after
+    (obs["object_boxes"] of a scene with that many visible objects)."""
+    boxes = np.full((MAX_OBJECT_BOXES, 4), np.nan, dtype=np.float32)
+    for i in range(objects):
+        u = 0.1 + 0.8 * i / max(objects, 1)
+        boxes[i] = (u, 0.5, u + 0.08, 0.6)
+    return boxes
+
+
+def reads_boxes(config: Any) -> bool:
+    """Whether a policy config's model reads obs["object_boxes"] (Gato's film_objects)."""
+    return getattr(config, "image_tokenizer", None) == "film_objects"
+
+
+def synthetic_batch(b: int, t: int, size: int, seed: int = 0, wrist: bool = False,
+                    boxes: bool = False) -> dict[str, Any]:
     """A training batch in the contract layout (CONTRACTS.md, "Dataset for torch"); with
-    `wrist`, wrist-camera images of the same size too."""
+    `wrist`, wrist-camera images of the same size too; with `boxes`, four object boxes per
+    frame (synthetic_boxes)."""
     g = torch.Generator().manual_seed(seed)
     batch = {"image": torch.randint(0, 256, (b, t, size, size, 3), generator=g,
                                     dtype=torch.uint8),
@@ -147,6 +163,8 @@ def synthetic_batch(b: int, t: int, size: int, seed: int = 0, wrist: bool = Fals
     if wrist:
         batch[WRIST_IMAGE] = torch.randint(0, 256, (b, t, size, size, 3), generator=g,
                                            dtype=torch.uint8)
+    if boxes:
+        batch[OBJECT_BOXES] = torch.from_numpy(synthetic_boxes()).expand(b, t, -1, -1).clone()
     return batch
 
 
@@ -169,6 +187,8 @@ def bench_policy(name: str, config: Any, image_size: int, act_calls: int, warmup
                "instruction": instruction}
         if policy.reads_wrist:
             obs[WRIST_IMAGE] = frames[(i + 8) % 16]
+        if policy.reads_object_boxes:
+            obs[OBJECT_BOXES] = synthetic_boxes()
         policy.select_action(obs)
 
     result.act = time_calls(act, act_calls, warmup)
@@ -180,7 +200,7 @@ def bench_policy(name: str, config: Any, image_size: int, act_calls: int, warmup
             lambda i: (policy.reset(instruction) if i % 10 == 0 else None, act(i)),
             max(10, act_calls // 4), warmup)
         policy.use_kv_cache = True
-    one = synthetic_batch(1, history, image_size)
+    one = synthetic_batch(1, history, image_size, boxes=reads_boxes(config))
 
     def window(_: int) -> None:
         with torch.inference_mode():
@@ -188,7 +208,8 @@ def bench_policy(name: str, config: Any, image_size: int, act_calls: int, warmup
 
     result.window = time_calls(window, act_calls, warmup)
     result.train_samples_per_s, result.train_samples_per_cpu_s = train_throughput(
-        lambda batch: policy(batch)[0], policy, synthetic_batch(train_batch, history, image_size),
+        lambda batch: policy(batch)[0], policy,
+        synthetic_batch(train_batch, history, image_size, boxes=reads_boxes(config)),
         train_steps)
     result.train_batch = train_batch
     return result
@@ -457,6 +478,8 @@ def act_latency(config: Any, image_size: int, calls: int, warmup: int) -> Timing
                "instruction": instruction}
         if policy.reads_wrist:
             obs[WRIST_IMAGE] = frames[(i + 8) % 16]
+        if policy.reads_object_boxes:
+            obs[OBJECT_BOXES] = synthetic_boxes()
         policy.select_action(obs)
 
     return time_calls(act, calls, warmup)
@@ -476,7 +499,8 @@ def demo_preset(models: dict[str, Any], options: TrainOptions, image_size: int =
         act = act_latency(config, image_size, act_calls, warmup)
         torch.set_num_threads(threads)
         stepper = TrainStepper(config, demo_env_info(image_size), options)
-        batch = synthetic_batch(train_batch, config.history, image_size)
+        batch = synthetic_batch(train_batch, config.history, image_size,
+                                boxes=reads_boxes(config))
         for _ in range(warmup):
             stepper.step(batch)
         seconds = []
@@ -582,8 +606,9 @@ def ab_lever(name: str, config: Any, lever: str, base: TrainOptions, image_size:
     info = demo_env_info(image_size)
     a, b = TrainStepper(config, info, base), TrainStepper(config_b, info, b_opts)
     wrist = a.policy.reads_wrist or b.policy.reads_wrist
+    boxes = reads_boxes(config) or reads_boxes(config_b)
     a_s, b_s = time_ab(a, b, synthetic_batch(train_batch, config.history, image_size,
-                                             wrist=wrist), rounds, steps_per_round)
+                                             wrist=wrist, boxes=boxes), rounds, steps_per_round)
     result = LeverResult(name, lever, threads, a_s * 1e3, b_s * 1e3, a_s / b_s, rounds,
                          steps_per_round)
     if store:
@@ -610,7 +635,7 @@ def profile_train_step(config: Any, options: TrainOptions, image_size: int = 64,
 
     torch.set_num_threads(threads)
     stepper = TrainStepper(config, demo_env_info(image_size), options)
-    batch = synthetic_batch(train_batch, config.history, image_size)
+    batch = synthetic_batch(train_batch, config.history, image_size, boxes=reads_boxes(config))
     for _ in range(3):
         stepper.step(batch)
     with profile(activities=[ProfilerActivity.CPU]) as prof:

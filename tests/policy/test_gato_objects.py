@@ -245,3 +245,16 @@ def test_served_over_the_bridge_with_the_sim_robots_boxes(compose_policy, text_e
                                timeout_s=10.0)
     (episode,) = report.episodes  # an untrained policy may end it by its terminate flag
     assert episode.steps >= 1 and episode.timeouts == 0
+
+
+def test_the_benchmarks_batches_carry_boxes_for_it(build) -> None:
+    from policy.benchmark import reads_boxes, synthetic_batch, synthetic_boxes
+
+    policy = build().train()
+    assert reads_boxes(policy.config)
+    batch = synthetic_batch(2, 1, 96, boxes=True)
+    assert batch[OBJECT_BOXES].shape == (2, 1, K, 4)
+    check_boxes(torch.from_numpy(synthetic_boxes()), K, "synthetic")
+    loss, _ = policy(batch)
+    assert torch.isfinite(loss)
+    assert OBJECT_BOXES not in synthetic_batch(2, 1, 96)
