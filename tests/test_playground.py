@@ -292,3 +292,60 @@ def test_a_stored_dataset_is_browsed_with_the_checkpoints_opinion(checkpoint,
     with pytest.raises(FileNotFoundError, match="not a directory"):
         DatasetBrowser(tmp_path / "nowhere")
     browser.close()
+
+
+def test_a_users_picture_shows_the_object_to_a_prompt_checkpoint(tmp_path: Path) -> None:
+    """An uploaded picture (any size, RGBA) replaces a slot's crop: scaled to the checkpoint's
+    crop size, drawn in the scene view's corner, given to the policy at reset and at every
+    step, kept across resets until cleared; a malformed picture is refused by name."""
+    import envs
+    from envs.spec import DEFAULT_ACTION_SPEC, MAX_PROMPT_IMAGES
+    from policy.base import load_policy_yaml, make_policy
+    from policy.playground.session import STUDIO_GREY, prepare_crop
+
+    config = load_policy_yaml(REFERENCE.parents[2] / "conf" / "policy" / "rt1_tiny.yaml")
+    config.prompt_images = True
+    env = envs.make_env("pick", "visual_prompt", image_size=64, skip_render=True)
+    info = env.describe()
+    env.close()
+    make_policy(config, DEFAULT_ACTION_SPEC, info).save_pretrained(tmp_path / "rt1p")
+    loaded = load_checkpoint(tmp_path / "rt1p", torch_threads=1)
+    from policy.playground.app import Playground, build_app
+
+    app = build_app(Playground({POLICY: loaded}))  # the page has an upload box per slot
+    ids = {getattr(block, "elem_id", None) for block in app.blocks.values()}
+    assert {f"prompt-image-{i}" for i in range(MAX_PROMPT_IMAGES)} <= ids
+    session = PlaySession({POLICY: loaded})
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 256, (90, 60, 4), dtype=np.uint8)  # a tall RGBA photo
+    picture[..., 3] = 255
+    try:
+        session.reset("pick", "seen", SEED, instruction="pick up the {image}")
+        session.set_prompt_image(0, picture)
+        policy = session._policies[POLICY]
+        want = prepare_crop(picture, 32)
+        assert want.shape == (32, 32, 3)
+        assert np.array_equal(policy.prompt_images[0].cpu().numpy(), want)
+        view = session.step()
+        assert np.array_equal(policy.prompt_images[0].cpu().numpy(), want)  # not re-reset
+        assert np.array_equal(view.render[2:66, 2:66], enlarge(want, 2))
+        session.reset("pick", "seen", SEED + 1, instruction="pick up the {image}")
+        assert np.array_equal(policy.prompt_images[0].cpu().numpy(), want)  # kept
+        # on a visual split the user's picture wins over the env's crop in its slot
+        session.reset("pick", "visual_prompt", SEED)
+        assert np.array_equal(policy.prompt_images[0].cpu().numpy(), want)
+        session.set_prompt_image(0, None)
+        assert np.array_equal(policy.prompt_images[0].cpu().numpy(),
+                              session.obs["prompt_images"][0])
+        with pytest.raises(ValueError, match=r"prompt slot 2; expected 0..1"):
+            session.set_prompt_image(MAX_PROMPT_IMAGES, picture)
+        with pytest.raises(ValueError, match=r"shape \(4, 4, 5\); expected a picture"):
+            session.set_prompt_image(0, np.zeros((4, 4, 5), np.uint8))
+        with pytest.raises(ValueError, match="expected uint8 or floats in \\[0, 1\\]"):
+            session.set_prompt_image(0, np.full((4, 4, 3), 3.0))
+    finally:
+        session.close()
+    # transparent pixels become the studio's grey floor; a square grey picture stays grey
+    clear = np.zeros((10, 10, 4), np.uint8)
+    assert np.allclose(prepare_crop(clear, 4) / 255.0, STUDIO_GREY, atol=1 / 255)
+    assert (prepare_crop(np.full((6, 6), 128, np.uint8), 3) == 128).all()

@@ -24,7 +24,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio i
 import gradio as gr  # noqa: E402
 
 from envs.camera import CameraConfig
-from envs.spec import DEFAULT_ACTION_SPEC, EVAL_SEED_START
+from envs.spec import DEFAULT_ACTION_SPEC, EVAL_SEED_START, MAX_PROMPT_IMAGES
 from policy.playground.config import PlayServerConfig
 from policy.playground.dataset import EPISODE_COLUMNS, DatasetBrowser
 from policy.playground.session import (
@@ -183,6 +183,8 @@ def build_app(play: Playground) -> Any:
     actors["scripted oracle"] = ORACLE
     names = {v: k for k, v in actors.items()}
     period = 1.0 / play.control_hz
+    # the upload boxes only for a checkpoint that reads image prompts
+    reads_prompts = any(c.served.prompt_images is not None for c in play.checkpoints.values())
 
     with gr.Blocks(title="robotok playground", analytics_enabled=False,
                    delete_cache=(300, 600)) as app:
@@ -203,6 +205,19 @@ def build_app(play: Playground) -> Any:
                                              info="any text; applied at the next step")
                     keep = gr.Checkbox(False, label="keep this instruction on Reset",
                                        elem_id="keep-instruction")
+                    with gr.Accordion("show the object by image", open=False,
+                                      visible=reads_prompts):
+                        gr.Markdown("Type `{image}` in the instruction where the object's "
+                                    "name would go (\"pick up the {image}\") and give a "
+                                    "picture of it per slot: cropped tightly around the "
+                                    "object; it is cut square and scaled to the checkpoint's "
+                                    "crops, and stays until removed.")
+                        with gr.Row():
+                            prompt_inputs = [
+                                gr.Image(label=f"{{image}} #{i + 1}", type="numpy",
+                                         image_mode="RGBA", sources=["upload", "clipboard"],
+                                         elem_id=f"prompt-image-{i}", height=140)
+                                for i in range(MAX_PROMPT_IMAGES)]
                     with gr.Row():
                         start = gr.Button("Start", variant="primary", elem_id="start-btn")
                         pause = gr.Button("Pause", elem_id="pause-btn")
@@ -325,6 +340,15 @@ def build_app(play: Playground) -> Any:
                 return gr.File(value=str(session.save_video(fps=round(play.control_hz))),
                                visible=True)
 
+        def on_prompt(slot: int) -> Any:
+            def handler(picture: Any, request: gr.Request) -> list[Any]:
+                with tab(request) as session:
+                    session.set_prompt_image(slot, picture)
+                    if session.view is None:
+                        return [gr.skip() for _ in sim_views]
+                    return show(session, session.view)
+            return handler
+
         def on_unload(request: gr.Request) -> None:
             play.close(request.session_hash)
 
@@ -339,6 +363,9 @@ def build_app(play: Playground) -> Any:
         timer.tick(on_tick, None, [*sim_views, timer], trigger_mode="once",
                    show_progress="hidden")
         save.click(on_save, None, video)
+        for i, box in enumerate(prompt_inputs):
+            box.upload(on_prompt(i), [box], sim_views)
+            box.clear(on_prompt(i), [box], sim_views)
         app.unload(on_unload)
 
         # -- dataset tab ----------------------------------------------------------------

@@ -15,14 +15,22 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from envs.camera import CameraConfig, FrontCamera
-from envs.spec import IMAGE, INSTRUCTION, OBJECT_BOXES, PROMPT_IMAGES, prompt_slots
+from envs.prompts import FLOOR_RGBA
+from envs.spec import (
+    IMAGE,
+    INSTRUCTION,
+    MAX_PROMPT_IMAGES,
+    OBJECT_BOXES,
+    PROMPT_IMAGES,
+    prompt_slots,
+)
 from policy.bridge.loading import load_served_policy
 from policy.bridge.server import ServedPolicy
 from policy.evaluation.actors import OracleActor
@@ -38,6 +46,8 @@ POLICY, SECOND, ORACLE = "policy", "second", "oracle"
 MAX_INSTRUCTION_CHARS = 256
 # The larger render: the same scene and light from the front-right, wider than the policy's
 # camera, so the gripper's height over the table (the front camera's weak cue) is visible.
+# what a transparent pixel of a user's prompt picture becomes: the studio's floor
+STUDIO_GREY = np.asarray(FLOOR_RGBA[:3], dtype=np.float32)
 VIEW_CAMERA = CameraConfig(width=320, height=240, eye=(0.95, -0.5, 0.55),
                            target=(0.47, 0.0, 0.06), fov_deg=45.0)
 
@@ -96,6 +106,40 @@ class StepView:
         return bool(self.ended_by)
 
 
+def prepare_crop(image: Any, size: int) -> np.ndarray:
+    """A user's picture of an object -> uint8 (size, size, 3), as the policy reads a prompt
+    crop: grey (H, W), RGB or RGBA (alpha over the studio's grey floor), uint8 or floats in
+    [0, 1]; the centred square is cut out and scaled to `size` by area averaging. The studio
+    shows each object filling ~70% of its crop (envs/prompts.py): crop your picture tightly
+    around the object, with a little margin."""
+    import torch
+    import torch.nn.functional as F
+
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4) or min(arr.shape[:2]) < 1:
+        raise ValueError(f"prompt image of shape {arr.shape}; expected a picture (H, W), "
+                         "(H, W, 3) or (H, W, 4)")
+    if arr.dtype == np.uint8:
+        x = arr.astype(np.float32) / 255.0
+    elif np.issubdtype(arr.dtype, np.floating) and np.isfinite(arr).all() and (
+            arr.min() >= 0.0 and arr.max() <= 1.0):
+        x = arr.astype(np.float32)
+    else:
+        raise ValueError(f"prompt image of dtype {arr.dtype} (range {arr.min()}..{arr.max()}); "
+                         "expected uint8 or floats in [0, 1]")
+    if x.shape[-1] == 4:  # composite over the grey floor the studio renders its crops on
+        alpha = x[..., 3:]
+        x = x[..., :3] * alpha + STUDIO_GREY * (1.0 - alpha)
+    h, w = x.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = torch.from_numpy(np.ascontiguousarray(x[top:top + side, left:left + side]))
+    out = F.interpolate(square.permute(2, 0, 1)[None], size=(size, size), mode="area")[0]
+    return (out.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
 def check_instruction(text: str, max_chars: int = MAX_INSTRUCTION_CHARS) -> str:
     """The instruction stripped; ValueError when empty or longer than `max_chars`."""
     if not isinstance(text, str):
@@ -141,6 +185,10 @@ class PlaySession:
         self.view: StepView | None = None
         self.frames: list[np.ndarray] = []  # camera | render, one per step, for the video
         self.running = False  # Start/Pause: the page's timer steps only while this is True
+        # pictures the user showed for the instruction's "{image}" slots (slot -> the picture
+        # as given); they replace the env's crops, scaled to each checkpoint's crop size, and
+        # stay across resets until cleared (set_prompt_image(slot, None))
+        self.user_prompts: dict[int, np.ndarray] = {}
 
     # -- actors and envs -----------------------------------------------------------------
 
@@ -183,10 +231,50 @@ class PlaySession:
             picture = np.asarray(self.obs[IMAGE]).copy()
         else:
             picture = self.view_camera.render(self.env.client, self.env.lighting)
-        if PROMPT_IMAGES in self.obs:
-            picture = with_prompt(picture, self.obs[PROMPT_IMAGES],
-                                  prompt_slots(self.instruction or ""))
+        crops = self._prompt(32)
+        if crops is not None:
+            picture = with_prompt(picture, crops, prompt_slots(self.instruction or ""))
         return picture
+
+    def _prompt(self, size: int) -> np.ndarray | None:
+        """The crops the policy is shown, uint8 (MAX_PROMPT_IMAGES, size, size, 3): the
+        env's (when its split shows objects by image), with the user's pictures in their
+        slots; None when there are neither."""
+        env_crops = self.obs.get(PROMPT_IMAGES) if self.obs is not None else None
+        if env_crops is None and not self.user_prompts:
+            return None
+        if env_crops is not None and np.asarray(env_crops).shape[1] == size:
+            out = np.array(env_crops, dtype=np.uint8)
+        else:
+            out = np.zeros((MAX_PROMPT_IMAGES, size, size, 3), dtype=np.uint8)
+            if env_crops is not None:  # another crop size: scale the env's crops too
+                for i, crop in enumerate(np.asarray(env_crops)):
+                    out[i] = prepare_crop(crop, size)
+        for slot, picture in self.user_prompts.items():
+            out[slot] = prepare_crop(picture, size)
+        return out
+
+    def _policy_prompt(self, policy: Any) -> np.ndarray | None:
+        """The crops for a prompt-reading `policy` at its crop size; None otherwise."""
+        if not policy.reads_prompt_images:
+            return None
+        return self._prompt(int(policy.prompt_shape[1]))
+
+    def set_prompt_image(self, slot: int, picture: Any) -> None:
+        """Show the object of the instruction's `slot`-th "{image}" (0-based) by `picture`
+        (any size; see prepare_crop) from the next step on; the policy's history starts over,
+        as for a new instruction. None clears the slot."""
+        if not isinstance(slot, int) or not 0 <= slot < MAX_PROMPT_IMAGES:
+            raise ValueError(f"prompt slot {slot!r}; expected 0..{MAX_PROMPT_IMAGES - 1}")
+        if picture is None:
+            self.user_prompts.pop(slot, None)
+        else:
+            prepare_crop(picture, 8)  # refuse a bad picture now, not at the next step
+            self.user_prompts[slot] = np.array(picture)
+        if self.obs is not None:
+            self._reset_actor()
+            if self.view is not None:  # the scene view's corner shows the new crop now
+                self.view = replace(self.view, render=self._render())
 
     # -- the episode ---------------------------------------------------------------------
 
@@ -231,10 +319,8 @@ class PlaySession:
         if self.actor == ORACLE:
             self._oracle = OracleActor(self.env)
         else:
-            prompt = self.obs.get(PROMPT_IMAGES) if self.obs is not None else None
             policy = self._policy(self.actor)
-            policy.reset(self.instruction,
-                         prompt if prompt is not None and policy.reads_prompt_images else None)
+            policy.reset(self.instruction, self._policy_prompt(policy))
             self._introspectors[self.actor].clear()
 
     def set_instruction(self, text: str) -> None:
@@ -259,7 +345,11 @@ class PlaySession:
             assert self._oracle is not None  # made by reset
             action, insight = self._oracle.select_action(observation), None
         else:
-            action = self._policy(self.actor).select_action(observation)
+            policy = self._policy(self.actor)
+            prompt = self._policy_prompt(policy)
+            if prompt is not None:  # the crops it was reset with (the user's included)
+                observation[PROMPT_IMAGES] = prompt
+            action = policy.select_action(observation)
             insight = self._introspectors[self.actor].read()
         act_ms = (time.perf_counter() - started) * 1e3
         obs, _, terminated, truncated, info = self.env.step(action)
