@@ -29,6 +29,7 @@ from envs.spec import (
     STATE_NAMES,
     WRIST_IMAGE,
 )
+from policy.tokenizers.objects import mirror_boxes
 
 # Reflection y -> -y. A rotation R becomes M R M (M = diag(1, -1, 1)): rotations about x and
 # z reverse, rotations about y do not; for a quaternion (x, y, z, w) that is (-x, y, -z, w).
@@ -111,8 +112,6 @@ def mirror_batch(batch: Mapping[str, Any], action_names: Sequence[str], prob: fl
         flipped[..., 0] = image.shape[3] - px[..., 0]
         out[OBJECT_PIXELS] = torch.where(flip.view(b, 1, 1, 1).to(px.device), flipped, px)
     if OBJECT_BOXES in batch:  # (B, T, K, 4) fractions: u -> 1 - u, rows sorted again
-        from policy.tokenizers.objects import mirror_boxes
-
         boxes = batch[OBJECT_BOXES]
         out[OBJECT_BOXES] = torch.where(flip.view(b, 1, 1, 1).to(boxes.device),
                                         mirror_boxes(boxes), boxes)

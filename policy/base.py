@@ -46,6 +46,7 @@ from envs.spec import (
 )
 from policy.augment import check_mirror_camera, check_mirror_wrist, mirror_batch
 from policy.registry import policies
+from policy.tokenizers.objects import check_boxes
 from policy.transformer import TransformerConfig
 
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "action_spec.json", "stats.json",
@@ -539,8 +540,6 @@ class Policy(nn.Module):
 
     def _observed_boxes(self, observation: Mapping[str, Any]) -> torch.Tensor:
         """obs["object_boxes"] checked, as float32 (K, 4) on the model's device."""
-        from policy.tokenizers.objects import check_boxes
-
         if OBJECT_BOXES not in observation:
             raise KeyError(f"observation lacks {OBJECT_BOXES!r}: this policy reads object boxes "
                            f"(make the env with object_boxes=True, or send a detector's boxes); "

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from policy.tokenizers.objects import BoxEmbedding, box_present, cell_weights
+
 
 def preprocess_images(images: torch.Tensor, size: int | None) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, size, size) in [0, 1] (area-resized if needed)."""
@@ -453,8 +455,6 @@ class RT1ImageTokenizer(nn.Module):
         self.token_learner = (TokenLearner(self.backbone.out_channels, num_tokens)
                               if grid is None and objects is None else None)
         if objects is not None:
-            from policy.tokenizers.objects import BoxEmbedding
-
             self.box_embed = BoxEmbedding(d_model)
             self.empty_object = nn.Parameter(torch.randn(d_model) * 0.02)
         self.grid_pool = grid_pool
@@ -487,8 +487,6 @@ class RT1ImageTokenizer(nn.Module):
         if self.positions is not None:
             x = self.positions(x)
         if boxes is not None:  # one token per object slot
-            from policy.tokenizers.objects import box_present, cell_weights
-
             weights = cell_weights(boxes.to(x.dtype), x.shape[-2], x.shape[-1])  # (N, K, h, w)
             pooled = torch.einsum("nkhw,nchw->nkc", weights, x)
             tokens = self.proj(pooled) + self.box_embed(boxes).to(pooled.dtype)
