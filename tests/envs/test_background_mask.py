@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pybullet as p
 import pytest
+from synthetic import synthetic_episode
 
 import envs
 from envs.camera import background_mask
@@ -23,15 +24,7 @@ INFO = {"renderer": "tiny", "action_spec": DEFAULT_ACTION_SPEC.to_dict(), "contr
 
 
 def make_episode(seed: int, steps: int = 5) -> Episode:
-    rng = np.random.default_rng(seed)
-    return Episode(
-        image=rng.integers(0, 256, (steps, H, W, 3), dtype=np.uint8),
-        state=rng.normal(size=(steps, 8)).astype(np.float32),
-        action=rng.uniform(-1, 1, size=(steps, 8)).astype(np.float32),
-        executed_action=rng.uniform(-1, 1, size=(steps, 8)).astype(np.float32),
-        instruction="pick up the red block", task="pick", split="seen", seed=seed,
-        success=True,
-    )
+    return synthetic_episode(seed, steps, H, W)
 
 
 def assert_same(a: Episode, b: Episode) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pybullet as p
 import pytest
+from synthetic import synthetic_episode
 
 import envs
 from envs.camera import object_boxes
@@ -214,17 +215,11 @@ def test_space_describe_and_skip_render() -> None:
 
 
 def make_episode(seed: int, steps: int = 5, boxes: bool = True) -> Episode:
-    rng = np.random.default_rng(seed)
+    # the boxes come from their own generator so that the frames match the plain episode's
+    rng = np.random.default_rng(seed + 10_000)
     b = np.full((steps, MAX_OBJECT_BOXES, 4), np.nan, dtype=np.float32)
     b[:, : 1 + seed % 3] = rng.uniform(0, 1, (steps, 1 + seed % 3, 4))
-    return Episode(
-        image=rng.integers(0, 256, (steps, H, W, 3), dtype=np.uint8),
-        state=rng.normal(size=(steps, 8)).astype(np.float32),
-        action=rng.uniform(-1, 1, size=(steps, 8)).astype(np.float32),
-        executed_action=rng.uniform(-1, 1, size=(steps, 8)).astype(np.float32),
-        instruction="pick up the red block", task="pick", split="seen", seed=seed,
-        success=True, object_boxes=b if boxes else None,
-    )
+    return synthetic_episode(seed, steps, H, W, object_boxes=b if boxes else None)
 
 
 def _writer(path: Path, boxes: bool = True) -> ShardWriter:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pybullet as p
 import pytest
+from synthetic import synthetic_episode
 
 import envs
 from envs.camera import CameraConfig, FrontCamera, _render_buffers
@@ -225,18 +226,12 @@ def test_object_pixels_are_privileged_and_follow_prompt_objects() -> None:
 
 
 def make_episode(seed: int, steps: int = 5, pixels: bool = True) -> Episode:
-    rng = np.random.default_rng(seed)
+    # the pixels come from their own generator so that the frames match the plain episode's
+    rng = np.random.default_rng(seed + 10_000)
     px = rng.uniform(-5, 40, (steps, 2, 2)).astype(np.float32)
     if seed % 2:
         px[:, 1] = np.nan  # no second object
-    return Episode(
-        image=rng.integers(0, 256, (steps, H, W, 3), dtype=np.uint8),
-        state=rng.normal(size=(steps, 8)).astype(np.float32),
-        action=rng.uniform(-1, 1, size=(steps, 8)).astype(np.float32),
-        executed_action=rng.uniform(-1, 1, size=(steps, 8)).astype(np.float32),
-        instruction="pick up the red block", task="pick", split="seen", seed=seed,
-        success=True, object_pixels=px if pixels else None,
-    )
+    return synthetic_episode(seed, steps, H, W, object_pixels=px if pixels else None)
 
 
 def _writer(path: Path, pixels: bool = True) -> ShardWriter:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from synthetic import synthetic_episode
 
 from envs.spec import DEFAULT_ACTION_SPEC
 from envs.store import (
@@ -27,18 +28,9 @@ INFO = {"renderer": "tiny", "action_spec": DEFAULT_ACTION_SPEC.to_dict(), "contr
 def make_episode(seed: int, steps: int = 5, task: str = "pick",
                  instruction: str | None = None) -> Episode:
     """A synthetic episode whose every value is a function of (seed, step): easy to check."""
-    rng = np.random.default_rng(seed)
-    return Episode(
-        image=rng.integers(0, 256, (steps, H, W, 3), dtype=np.uint8),
-        state=rng.normal(size=(steps, 8)).astype(np.float32),
-        action=rng.uniform(-1, 1, size=(steps, 8)).astype(np.float32),
-        executed_action=rng.uniform(-1, 1, size=(steps, 8)).astype(np.float32),
-        instruction=instruction or f"{task} the block {seed % 3}",
-        task=task,
-        split="seen",
-        seed=seed,
-        success=seed % 4 != 3,
-    )
+    return synthetic_episode(seed, steps, H, W, task=task,
+                             instruction=instruction or f"{task} the block {seed % 3}",
+                             success=seed % 4 != 3)
 
 
 def write_shard(store: Path, index: int, episodes: list[Episode], chunk_frames: int = 4,
