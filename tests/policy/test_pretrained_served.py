@@ -26,7 +26,7 @@ REFERENCES = sorted(p for p in PRETRAINED.iterdir() if (p / "model.safetensors")
 
 
 def test_the_reference_checkpoints_are_found() -> None:
-    assert {p.name for p in REFERENCES} >= {"rt1_full"}
+    assert {p.name for p in REFERENCES} >= {"rt1_full", "gato_objects_full", "gato_full"}
 
 
 @pytest.mark.parametrize("checkpoint", REFERENCES, ids=lambda p: p.name)
@@ -37,7 +37,10 @@ def test_a_reference_checkpoint_is_served_like_in_process(checkpoint: Path) -> N
     card = (checkpoint / "README.md").read_text()
     sha = checkpoint_sha256(checkpoint)
     assert sha in card, f"{checkpoint.name}/README.md does not give its checkpoint hash {sha}"
-    env = envs.make_env(task="pick", split="seen", image_size=env_info["image_shape"][0])
+    # a policy of object tokens reads the boxes the env gives beside the frame
+    boxes = config["config"].get("image_tokenizer") == "film_objects"
+    env = envs.make_env(task="pick", split="seen", image_size=env_info["image_shape"][0],
+                        object_boxes=boxes)
     try:
         current = env.describe()
         obs, _ = env.reset(seed=1_000_000_000)
@@ -57,6 +60,6 @@ def test_a_reference_checkpoint_is_served_like_in_process(checkpoint: Path) -> N
         assert client.metadata.observation["image"].shape == tuple(env_info["image_shape"])
         client.reset(frames[0]["instruction"])
         for frame in frames:
-            sent = {"image": frame["image"], "state": frame["state"]}
+            sent = {k: frame[k] for k in ("image", "state", "object_boxes") if k in frame}
             np.testing.assert_array_equal(client.select_action(sent),
                                           local.select_action(frame))
