@@ -144,8 +144,10 @@ def synthetic_boxes(objects: int = 4) -> np.ndarray:
 
 
 def reads_boxes(config: Any) -> bool:
-    """Whether a policy config's model reads obs["object_boxes"] (Gato's film_objects)."""
-    return getattr(config, "image_tokenizer", None) == "film_objects"
+    """Whether a policy config's model reads obs["object_boxes"] (Gato's film_objects,
+    RT-1's object_tokens)."""
+    return (getattr(config, "image_tokenizer", None) == "film_objects"
+            or bool(getattr(config, "object_tokens", False)))
 
 
 def synthetic_batch(b: int, t: int, size: int, seed: int = 0, wrist: bool = False,

@@ -46,6 +46,11 @@ class RT1Config(PolicyConfig):
     # the wrist stem's resolution in px; None: resize_to. A lower one makes the second stem
     # cheaper (32 px: a quarter of the pixels of 64); the random shift scales with it
     wrist_resize_to: int | None = None
+    # object-centric tokens beside TokenLearner's (VIMA, Jiang et al. 2023): the FiLM stem's
+    # feature map averaged over each of obs["object_boxes"] (MAX_OBJECT_BOXES slots) plus an
+    # embedding of the box, a learned "no object" token in empty slots. The boxes are an
+    # observation: collect with collect.object_boxes=true; a robot sends a detector's boxes
+    object_tokens: bool = False
 
     def __post_init__(self) -> None:
         self.conv_channels = tuple(int(c) for c in self.conv_channels)

@@ -33,7 +33,7 @@ import torch
 from einops import rearrange, reduce, repeat
 from torch import nn
 
-from envs.spec import INSTRUCTION, STATE_NAMES, ActionSpec
+from envs.spec import INSTRUCTION, MAX_OBJECT_BOXES, STATE_NAMES, ActionSpec
 from policy.background import background_batch, check_background_masks
 from policy.base import Policy
 from policy.registry import register_policy
@@ -44,9 +44,10 @@ from policy.tokenizers.images import (
     RT1ImageTokenizer,
     load_backbone,
     preprocess_images,
-    random_shift,
+    random_shift_offsets,
     resolve_pretrained,
 )
+from policy.tokenizers.objects import shift_boxes
 from policy.tokenizers.prompt import slot_mask
 from policy.tokenizers.state import StateTokenizer
 from policy.transformer import Transformer
@@ -70,14 +71,18 @@ class RT1Policy(Policy):
                     fused_stages=c.conv_fused_stages, position_encoding=c.position_encoding,
                     text_norm=c.text_norm, backbone=c.backbone, lite_blocks=c.lite_blocks,
                     lite_frozen=c.lite_frozen)
-        self.image_tokenizer = RT1ImageTokenizer(num_tokens=c.image_tokens, **stem)
+        # object_tokens: the front stem also pools its map over each object box (the boxes
+        # are tied to the front camera's pixels), its K tokens after TokenLearner's
+        objects = dict(objects=MAX_OBJECT_BOXES, keep_learner=True) if c.object_tokens else {}
+        self.image_tokenizer = RT1ImageTokenizer(num_tokens=c.image_tokens, **stem, **objects)
         # The wrist camera gets a stem of its own (same settings): it sees the scene from the
         # hand, at another scale and angle, so sharing the front stem's filters buys little.
         self.wrist_tokenizer = (RT1ImageTokenizer(num_tokens=c.wrist_tokens, **stem)
                                 if c.wrist_camera else None)
         self.state_tokenizer = (StateTokenizer(state_dim=len(STATE_NAMES), d_model=c.d_model,
                                                stats=self.stats) if c.use_state else None)
-        self.tokens_per_frame = (c.image_tokens + (c.wrist_tokens if c.wrist_camera else 0)
+        self.tokens_per_frame = (c.image_tokens + (MAX_OBJECT_BOXES if c.object_tokens else 0)
+                                 + (c.wrist_tokens if c.wrist_camera else 0)
                                  + int(c.use_state))
         # learned position of every token in the window: (frame, token within frame)
         self.pos = nn.Parameter(torch.randn(c.history, self.tokens_per_frame, c.d_model) * 0.02)
@@ -120,10 +125,16 @@ class RT1Policy(Policy):
     def reads_wrist(self) -> bool:
         return bool(self.config.wrist_camera)
 
+    @property
+    def reads_object_boxes(self) -> bool:
+        return bool(self.config.object_tokens)
+
     def _image_tokens(self, tokenizer: nn.Module, image: torch.Tensor, text: torch.Tensor,
-                      augment: bool, size: int | None = None) -> torch.Tensor:
+                      augment: bool, size: int | None = None,
+                      boxes: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 (B, T, H, W, 3) through one camera's stem -> tokens (B, T, n, d); ``size``:
-        that stem's resolution (None: resize_to); the random shift scales with it."""
+        that stem's resolution (None: resize_to); the random shift scales with it. ``boxes``
+        (B, T, K, 4): the frames' object boxes (object_tokens), moved with the shift."""
         c = self.config
         b, t = image.shape[:2]
         size = c.resize_to if size is None else size
@@ -132,16 +143,25 @@ class RT1Policy(Policy):
         if shift > 0 and c.resize_to and size != c.resize_to:
             shift = max(1, round(shift * size / c.resize_to))
         if augment and shift > 0:
-            x = random_shift(rearrange(x, "(b t) c h w -> b t c h w", b=b), shift)
+            x, offsets = random_shift_offsets(rearrange(x, "(b t) c h w -> b t c h w", b=b),
+                                              shift)
             x = rearrange(x, "b t c h w -> (b t) c h w")
-        tokens = tokenizer(x, repeat(text, "b d -> (b t) d", t=t))  # (BT, n, d)
+            if boxes is not None:
+                boxes = shift_boxes(boxes, offsets, shift, x.shape[-1])
+        extra = {} if boxes is None else {"boxes": rearrange(boxes, "b t k f -> (b t) k f")}
+        tokens = tokenizer(x, repeat(text, "b d -> (b t) d", t=t), **extra)  # (BT, n, d)
         return rearrange(tokens, "(b t) n d -> b t n d", b=b)
 
     def frame_tokens(self, image: torch.Tensor, state: torch.Tensor, text: torch.Tensor,
-                     augment: bool, wrist: torch.Tensor | None = None) -> torch.Tensor:
+                     augment: bool, wrist: torch.Tensor | None = None,
+                     boxes: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 (B, T, H, W, 3), state (B, T, S), text (B, Dt) [, wrist uint8 (B, T, H', W',
-        3)] -> tokens (B, T, n, d): front image, wrist image, state."""
-        parts = [self._image_tokens(self.image_tokenizer, image, text, augment)]
+        3)] [, object boxes (B, T, K, 4)] -> tokens (B, T, n, d): front image (its objects
+        after TokenLearner's tokens), wrist image, state."""
+        if (boxes is None) == self.reads_object_boxes:
+            raise ValueError("object boxes are required exactly when object_tokens=True (this "
+                             f"RT-1: object_tokens={self.config.object_tokens})")
+        parts = [self._image_tokens(self.image_tokenizer, image, text, augment, boxes=boxes)]
         if self.wrist_tokenizer is not None:
             if wrist is None:
                 raise ValueError("this RT-1 reads the wrist camera (wrist_camera=True); no "
@@ -179,9 +199,11 @@ class RT1Policy(Policy):
         batch = self.augment(batch)
         image, state, action, valid = self._unpack(batch)
         wrist = self.unpack_wrist(batch, image) if self.reads_wrist else None
+        boxes = self.unpack_boxes(batch, image) if self.reads_object_boxes else None
         prompt = self.unpack_prompt(batch) if self.reads_prompt_images else None
         text = self.conditioning(batch[INSTRUCTION], prompt)
-        tokens = self.frame_tokens(image, state, text, augment=self.training, wrist=wrist)
+        tokens = self.frame_tokens(image, state, text, augment=self.training, wrist=wrist,
+                                   boxes=boxes)
         return self.action_logits(tokens, valid), self.action_tokenizer.encode(action), valid
 
     def _reset(self, instruction: str) -> None:
@@ -190,10 +212,12 @@ class RT1Policy(Policy):
         self._frames.clear()
 
     def _act(self, image: torch.Tensor, state: torch.Tensor,
-             wrist: torch.Tensor | None = None) -> torch.Tensor:
+             wrist: torch.Tensor | None = None, boxes: torch.Tensor | None = None
+             ) -> torch.Tensor:
         tok = self.frame_tokens(image[None, None], state[None, None], self._text_emb,
                                 augment=False,
-                                wrist=None if wrist is None else wrist[None, None])
+                                wrist=None if wrist is None else wrist[None, None],
+                                boxes=None if boxes is None else boxes[None, None])
         self._frames.append(tok[0, 0])
         t, n = self.config.history, len(self._frames)
         tokens = torch.zeros(1, t, *tok.shape[2:], device=tok.device)

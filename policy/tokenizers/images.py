@@ -411,7 +411,7 @@ class RT1ImageTokenizer(nn.Module):
                  text_norm: bool = True, backbone: str = "film_efficientnet",
                  lite_blocks: int = 8, lite_frozen: int = 0, grid: int | None = None,
                  grid_pool: str = "mean", image_size: int | None = None,
-                 objects: int | None = None) -> None:
+                 objects: int | None = None, keep_learner: bool = False) -> None:
         """``grid``: None pools the feature map to ``num_tokens`` tokens by TokenLearner (RT-1);
         an int g cuts it into a g x g grid instead, one token per cell in row-major order
         (the cells of g x g image patches), so every token stands for one place in the frame.
@@ -421,8 +421,14 @@ class RT1ImageTokenizer(nn.Module):
         projection. ``objects``: an int K pools the feature map over each of K object boxes
         instead (policy/tokenizers/objects.py: ``forward(..., boxes=(N, K, 4))``), each
         token the box's mean feature plus an embedding of the box, a learned "no object"
-        token in empty slots (VIMA's object-centric tokens on RT-1's FiLM stem)."""
+        token in empty slots (VIMA's object-centric tokens on RT-1's FiLM stem).
+        ``keep_learner`` (with ``objects``): keep TokenLearner's ``num_tokens`` tokens as well,
+        the K object tokens after them (RT-1's ``object_tokens``: the whole scene, the gripper
+        included, plus one token per object)."""
         super().__init__()
+        if keep_learner and objects is None:
+            raise ValueError("keep_learner=True needs objects (TokenLearner is kept beside "
+                             "object tokens; without them it is the default)")
         if objects is not None and (objects < 1 or grid is not None):
             raise ValueError(f"objects={objects} with grid={grid}; expected objects >= 1 and "
                              "no grid (a frame is pooled by boxes or by cells, not both)")
@@ -453,7 +459,7 @@ class RT1ImageTokenizer(nn.Module):
         self.grid = grid
         self.objects = objects
         self.token_learner = (TokenLearner(self.backbone.out_channels, num_tokens)
-                              if grid is None and objects is None else None)
+                              if grid is None and (objects is None or keep_learner) else None)
         if objects is not None:
             self.box_embed = BoxEmbedding(d_model)
             self.empty_object = nn.Parameter(torch.randn(d_model) * 0.02)
@@ -491,7 +497,10 @@ class RT1ImageTokenizer(nn.Module):
             pooled = torch.einsum("nkhw,nchw->nkc", weights, x)
             tokens = self.proj(pooled) + self.box_embed(boxes).to(pooled.dtype)
             present = box_present(boxes)[..., None]
-            return torch.where(present, tokens, self.empty_object.to(tokens.dtype))
+            tokens = torch.where(present, tokens, self.empty_object.to(tokens.dtype))
+            if self.token_learner is not None:  # keep_learner: the scene's tokens first
+                tokens = torch.cat([self.proj(self.token_learner(x)), tokens], dim=1)
+            return tokens
         if self.grid is not None:  # one token per grid cell, row-major
             if x.shape[-1] % self.grid or x.shape[-2] % self.grid:
                 raise ValueError(f"feature map {tuple(x.shape[-2:])} does not divide into a "
