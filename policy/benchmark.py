@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from envs.camera import WristCameraConfig
 from envs.spec import DEFAULT_ACTION_SPEC, MAX_OBJECT_BOXES, OBJECT_BOXES, WRIST_IMAGE
 from policy.base import Policy, make_policy
+from policy.tokenizers.phase import PHASE, SINCE_SCALE
 from policy.train.config import OptimConfig, bf16_cpu_enabled
 from policy.train.loop import autocast_for, compile_policy, set_optimizer_impl, update_policy
 from policy.train.optim import make_optimizer
@@ -154,14 +155,16 @@ def synthetic_batch(b: int, t: int, size: int, seed: int = 0, wrist: bool = Fals
                     boxes: bool = False) -> dict[str, Any]:
     """A training batch in the contract layout (CONTRACTS.md, "Dataset for torch"); with
     `wrist`, wrist-camera images of the same size too; with `boxes`, four object boxes per
-    frame (synthetic_boxes)."""
+    frame (synthetic_boxes). Every batch has a gripper phase (policy/tokenizers/phase.py: one
+    close, 10 steps ago), which only a policy with phase_state reads."""
     g = torch.Generator().manual_seed(seed)
     batch = {"image": torch.randint(0, 256, (b, t, size, size, 3), generator=g,
                                     dtype=torch.uint8),
              "state": torch.randn(b, t, 8, generator=g),
              "action": torch.rand(b, t, 8, generator=g) * 2 - 1,
              "pad": torch.zeros(b, t, dtype=torch.bool),
-             "instruction": ["pick up the red block"] * b}
+             "instruction": ["pick up the red block"] * b,
+             PHASE: torch.tensor([1.0, 1.0, 10 / SINCE_SCALE]).expand(b, t, -1).clone()}
     if wrist:
         batch[WRIST_IMAGE] = torch.randint(0, 256, (b, t, size, size, 3), generator=g,
                                            dtype=torch.uint8)

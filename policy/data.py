@@ -50,6 +50,13 @@ chiral shape (the two random-blob rocks) would call for a flipped crop, which is
 the mirrored object. Colour and coarse shape, what the policy has to match across views,
 are the same either way, so unflipped is kept. Stores without prompts give the same items
 as before.
+
+With phase_state=True (a policy with RT1Config.phase_state) every item also carries the
+gripper phase of its frames, float32 (T, 3) under policy.tokenizers.phase.PHASE, collated to
+(B, T, 3): per step, from the episode's earlier gripper commands (its action labels), the
+count of closes, whether the last command was close, and the steps since the command last
+changed (policy/tokenizers/phase.py). Padded steps repeat the episode's first step (a zero
+phase). It is derived from the actions at load time, so any store has it (12 bytes a step).
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ from envs.spec import (
     ActionSpec,
 )
 from envs.store import EpisodeStore, stats_for
+from policy.tokenizers.phase import PHASE, episode_phases
 
 
 class EpisodeDataset(Dataset):
@@ -87,6 +95,7 @@ class EpisodeDataset(Dataset):
     skip_bad_shards: warn about and skip shards that fail validation instead of raising.
     wrist_camera: load the wrist frames (True: the store must have them; False: leave them
         on disk; None: whatever the store has).
+    phase_state: add each frame's gripper phase to the items (module docstring).
     """
 
     def __init__(
@@ -98,6 +107,7 @@ class EpisodeDataset(Dataset):
         successes_only: bool = True,
         skip_bad_shards: bool = False,
         wrist_camera: bool | None = None,
+        phase_state: bool = False,
     ) -> None:
         if history < 1:
             raise ValueError(f"history must be >= 1 frame; got {history}")
@@ -187,6 +197,13 @@ class EpisodeDataset(Dataset):
         if "action_spec" not in self.info:
             raise ValueError(f"store {self.path} info has no 'action_spec'; cannot train on it")
         self.action_spec: ActionSpec = ActionSpec.from_dict(self.info["action_spec"])
+        self._phase: np.ndarray | None = None
+        if phase_state:
+            if "gripper" not in self.action_spec.names:
+                raise ValueError(f"phase_state needs a 'gripper' action; store {self.path} has "
+                                 f"actions {list(self.action_spec.names)}")
+            g = list(self.action_spec.names).index("gripper")
+            self._phase = episode_phases(self._arrays[ACTION][:, g], self.episode_ends)
 
     def __len__(self) -> int:
         return len(self._ep_start)
@@ -251,6 +268,8 @@ class EpisodeDataset(Dataset):
             arrays[key] = torch.from_numpy(self._arrays[key][idx])
         for key in self._observation_keys:  # object boxes: (B, T, 8, 4)
             arrays[key] = torch.from_numpy(self._arrays[key][idx])
+        if self._phase is not None:  # (B, T, 3)
+            arrays[PHASE] = torch.from_numpy(self._phase[idx])
         arrays["pad"] = torch.from_numpy(pad)  # (B, T)
         if self._prompt_images is not None:  # (B, K, S, S, 3), the episode's crops
             arrays[PROMPT_IMAGES] = torch.from_numpy(

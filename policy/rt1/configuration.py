@@ -51,6 +51,10 @@ class RT1Config(PolicyConfig):
     # embedding of the box, a learned "no object" token in empty slots. The boxes are an
     # observation: collect with collect.object_boxes=true; a robot sends a detector's boxes
     object_tokens: bool = False
+    # the gripper phase (policy/tokenizers/phase.py): closes so far, whether the last command
+    # was close, steps since it changed, from the policy's own gripper commands, added to the
+    # state token; needs use_state
+    phase_state: bool = False
 
     def __post_init__(self) -> None:
         self.conv_channels = tuple(int(c) for c in self.conv_channels)
@@ -77,6 +81,9 @@ class RT1Config(PolicyConfig):
             raise ValueError(f"wrist_resize_to={self.wrist_resize_to}; expected None or >= 16 px")
         if self.wrist_camera and self.wrist_tokens < 1:
             raise ValueError(f"wrist_tokens={self.wrist_tokens}; expected >= 1 with wrist_camera")
+        if self.phase_state and not self.use_state:
+            raise ValueError("phase_state=True adds the gripper phase to the state token; "
+                             "expected use_state=True")
         if self.pretrained_backbone == "imagenet" and self.backbone != "efficientnet_lite0":
             raise ValueError(f"pretrained_backbone='imagenet' needs backbone="
                              f"'efficientnet_lite0'; got {self.backbone!r}")

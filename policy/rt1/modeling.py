@@ -48,6 +48,7 @@ from policy.tokenizers.images import (
     resolve_pretrained,
 )
 from policy.tokenizers.objects import shift_boxes
+from policy.tokenizers.phase import PHASE, PHASE_DIM, PhaseEmbedding, PhaseTracker
 from policy.tokenizers.prompt import slot_mask
 from policy.tokenizers.state import StateTokenizer
 from policy.transformer import Transformer
@@ -81,6 +82,13 @@ class RT1Policy(Policy):
                                 if c.wrist_camera else None)
         self.state_tokenizer = (StateTokenizer(state_dim=len(STATE_NAMES), d_model=c.d_model,
                                                stats=self.stats) if c.use_state else None)
+        # phase_state: the gripper phase joins the state token (its own embedding, summed)
+        self.phase_embedding = PhaseEmbedding(c.d_model) if c.phase_state else None
+        if c.phase_state and "gripper" not in action_spec.names:
+            raise ValueError(f"phase_state needs a 'gripper' action; the action spec has "
+                             f"{list(action_spec.names)}")
+        self._gripper = (list(action_spec.names).index("gripper") if c.phase_state else -1)
+        self._phase = PhaseTracker()
         self.tokens_per_frame = (c.image_tokens + (MAX_OBJECT_BOXES if c.object_tokens else 0)
                                  + (c.wrist_tokens if c.wrist_camera else 0)
                                  + int(c.use_state))
@@ -154,10 +162,14 @@ class RT1Policy(Policy):
 
     def frame_tokens(self, image: torch.Tensor, state: torch.Tensor, text: torch.Tensor,
                      augment: bool, wrist: torch.Tensor | None = None,
-                     boxes: torch.Tensor | None = None) -> torch.Tensor:
+                     boxes: torch.Tensor | None = None,
+                     phase: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 (B, T, H, W, 3), state (B, T, S), text (B, Dt) [, wrist uint8 (B, T, H', W',
-        3)] [, object boxes (B, T, K, 4)] -> tokens (B, T, n, d): front image (its objects
-        after TokenLearner's tokens), wrist image, state."""
+        3)] [, object boxes (B, T, K, 4)] [, gripper phase (B, T, 3)] -> tokens (B, T, n, d):
+        front image (its objects after TokenLearner's tokens), wrist image, state (+ phase)."""
+        if (phase is None) != (self.phase_embedding is None):
+            raise ValueError("the gripper phase is required exactly when phase_state=True (this "
+                             f"RT-1: phase_state={self.config.phase_state})")
         if (boxes is None) == self.reads_object_boxes:
             raise ValueError("object boxes are required exactly when object_tokens=True (this "
                              f"RT-1: object_tokens={self.config.object_tokens})")
@@ -169,8 +181,23 @@ class RT1Policy(Policy):
             parts.append(self._image_tokens(self.wrist_tokenizer, wrist, text, augment,
                                             self.config.wrist_resize_to))
         if self.state_tokenizer is not None:
-            parts.append(rearrange(self.state_tokenizer(state), "b t d -> b t 1 d"))
+            token = self.state_tokenizer(state)
+            if self.phase_embedding is not None:
+                token = token + self.phase_embedding(phase)
+            parts.append(rearrange(token, "b t d -> b t 1 d"))
         return torch.cat(parts, dim=2)
+
+    def unpack_phase(self, batch: Mapping[str, Any], image: torch.Tensor) -> torch.Tensor:
+        """The batch's gripper phase float (B, T, 3) on the model's device."""
+        if PHASE not in batch:
+            raise KeyError(f"batch lacks {PHASE!r}: this RT-1 reads the gripper phase "
+                           "(phase_state=true), so its dataset must be built with "
+                           f"phase_state=True (data.phase_state); has {sorted(batch)}")
+        phase = batch[PHASE]
+        if tuple(phase.shape) != (*image.shape[:2], PHASE_DIM):
+            raise ValueError(f"batch phase has shape {tuple(phase.shape)}; expected "
+                             f"({image.shape[0]}, {image.shape[1]}, {PHASE_DIM})")
+        return phase.to(self.device).float()
 
     def action_logits(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Frame tokens (B, T, n, d) + valid frames (B, T) -> logits (B, T, A, bins).
@@ -201,27 +228,36 @@ class RT1Policy(Policy):
         wrist = self.unpack_wrist(batch, image) if self.reads_wrist else None
         boxes = self.unpack_boxes(batch, image) if self.reads_object_boxes else None
         prompt = self.unpack_prompt(batch) if self.reads_prompt_images else None
+        phase = self.unpack_phase(batch, image) if self.phase_embedding is not None else None
         text = self.conditioning(batch[INSTRUCTION], prompt)
         tokens = self.frame_tokens(image, state, text, augment=self.training, wrist=wrist,
-                                   boxes=boxes)
+                                   boxes=boxes, phase=phase)
         return self.action_logits(tokens, valid), self.action_tokenizer.encode(action), valid
 
     def _reset(self, instruction: str) -> None:
         prompt = self.episode_prompt() if self.reads_prompt_images else None
         self._text_emb = self.conditioning([instruction], prompt)
         self._frames.clear()
+        self._phase.reset()
 
     def _act(self, image: torch.Tensor, state: torch.Tensor,
              wrist: torch.Tensor | None = None, boxes: torch.Tensor | None = None
              ) -> torch.Tensor:
+        phase = None
+        if self.phase_embedding is not None:  # from this episode's own gripper commands
+            phase = torch.as_tensor(self._phase.current(), device=state.device)[None, None]
         tok = self.frame_tokens(image[None, None], state[None, None], self._text_emb,
                                 augment=False,
                                 wrist=None if wrist is None else wrist[None, None],
-                                boxes=None if boxes is None else boxes[None, None])
+                                boxes=None if boxes is None else boxes[None, None],
+                                phase=phase)
         self._frames.append(tok[0, 0])
         t, n = self.config.history, len(self._frames)
         tokens = torch.zeros(1, t, *tok.shape[2:], device=tok.device)
         tokens[0, t - n:] = torch.stack(list(self._frames))
         valid = torch.arange(t, device=tok.device)[None] >= t - n  # (1, T)
         logits = self.action_logits(tokens, valid)[0, -1]  # (A, K)
-        return self.action_tokenizer.decode(logits.argmax(-1))
+        action = self.action_tokenizer.decode(logits.argmax(-1))
+        if self.phase_embedding is not None:
+            self._phase.sent(float(action[self._gripper]))
+        return action

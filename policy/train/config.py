@@ -46,6 +46,9 @@ class DataConfig:
     # the wrist frames on disk (half the RAM for a front-camera policy on a wrist store).
     # conf/data/default.yaml follows ${policy.wrist_camera}.
     wrist_camera: Optional[bool] = None  # noqa: UP045
+    # Add each frame's gripper phase (policy/tokenizers/phase.py) to the samples, for a policy
+    # that reads it; conf/data/default.yaml follows ${policy.phase_state}.
+    phase_state: bool = False
 
     def __post_init__(self) -> None:
         if self.history < 1:

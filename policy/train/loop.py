@@ -80,6 +80,7 @@ def build_dataset(cfg: DataConfig) -> Dataset:
     return EpisodeDataset(
         cfg.path, history=cfg.history, in_memory=cfg.in_memory,
         tasks=list(cfg.tasks) if cfg.tasks else None, wrist_camera=cfg.wrist_camera,
+        phase_state=cfg.phase_state,
     )
 
 
