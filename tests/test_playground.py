@@ -210,6 +210,7 @@ def test_bad_input_is_named(session: PlaySession) -> None:
 
 
 def test_the_play_rate_defaults_to_the_checkpoints_and_refuses_zero(checkpoint) -> None:
+    pytest.importorskip("gradio", reason='needs the "play" extra: pip install -e ".[play]"')
     from policy.playground.app import Playground
 
     assert Playground({POLICY: checkpoint}).control_hz == checkpoint.served.control_hz
@@ -298,6 +299,7 @@ def test_a_users_picture_shows_the_object_to_a_prompt_checkpoint(tmp_path: Path)
     """An uploaded picture (any size, RGBA) replaces a slot's crop: scaled to the checkpoint's
     crop size, drawn in the scene view's corner, given to the policy at reset and at every
     step, kept across resets until cleared; a malformed picture is refused by name."""
+    pytest.importorskip("gradio", reason='needs the "play" extra: pip install -e ".[play]"')
     import envs
     from envs.spec import DEFAULT_ACTION_SPEC, MAX_PROMPT_IMAGES
     from policy.base import load_policy_yaml, make_policy
