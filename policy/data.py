@@ -81,7 +81,7 @@ from envs.spec import (
     ActionSpec,
 )
 from envs.store import EpisodeStore, stats_for
-from policy.tokenizers.phase import PHASE, episode_phases
+from policy.tokenizers.phase import PHASE, episode_phases, gripper_index
 
 
 class EpisodeDataset(Dataset):
@@ -199,10 +199,7 @@ class EpisodeDataset(Dataset):
         self.action_spec: ActionSpec = ActionSpec.from_dict(self.info["action_spec"])
         self._phase: np.ndarray | None = None
         if phase_state:
-            if "gripper" not in self.action_spec.names:
-                raise ValueError(f"phase_state needs a 'gripper' action; store {self.path} has "
-                                 f"actions {list(self.action_spec.names)}")
-            g = list(self.action_spec.names).index("gripper")
+            g = gripper_index(self.action_spec.names, f"store {self.path}")
             self._phase = episode_phases(self._arrays[ACTION][:, g], self.episode_ends)
 
     def __len__(self) -> int:

@@ -48,7 +48,13 @@ from policy.tokenizers.images import (
     resolve_pretrained,
 )
 from policy.tokenizers.objects import shift_boxes
-from policy.tokenizers.phase import PHASE, PHASE_DIM, PhaseEmbedding, PhaseTracker
+from policy.tokenizers.phase import (
+    PHASE,
+    PHASE_DIM,
+    PhaseEmbedding,
+    PhaseTracker,
+    gripper_index,
+)
 from policy.tokenizers.prompt import slot_mask
 from policy.tokenizers.state import StateTokenizer
 from policy.transformer import Transformer
@@ -84,10 +90,8 @@ class RT1Policy(Policy):
                                                stats=self.stats) if c.use_state else None)
         # phase_state: the gripper phase joins the state token (its own embedding, summed)
         self.phase_embedding = PhaseEmbedding(c.d_model) if c.phase_state else None
-        if c.phase_state and "gripper" not in action_spec.names:
-            raise ValueError(f"phase_state needs a 'gripper' action; the action spec has "
-                             f"{list(action_spec.names)}")
-        self._gripper = (list(action_spec.names).index("gripper") if c.phase_state else -1)
+        self._gripper = (gripper_index(action_spec.names, "the action spec") if c.phase_state
+                         else -1)
         self._phase = PhaseTracker()
         self.tokens_per_frame = (c.image_tokens + (MAX_OBJECT_BOXES if c.object_tokens else 0)
                                  + (c.wrist_tokens if c.wrist_camera else 0)

@@ -21,6 +21,8 @@ acting they are the policy's own decoded actions, so the same function gives bot
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import nn
@@ -30,6 +32,15 @@ PHASE = "phase"
 PHASE_DIM = 3
 MAX_CLOSES = 3
 SINCE_SCALE = 64.0
+
+
+def gripper_index(action_names: Sequence[str], where: str) -> int:
+    """The position of the "gripper" action the phase is read from, or a clear error naming
+    `where` (a store, an action spec) and the actions it has."""
+    names = list(action_names)
+    if "gripper" not in names:
+        raise ValueError(f"phase_state needs a 'gripper' action; {where} has actions {names}")
+    return names.index("gripper")
 
 
 def phase_features(commands: np.ndarray) -> np.ndarray:
